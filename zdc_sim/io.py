@@ -1,0 +1,327 @@
+"""ROOT I/O: the dataset schema, chunked validated reading and atomic chunked writing.
+
+Everything in the project that touches a ROOT file goes through here, so every bad file ends in a
+`RootFileError` that names the file, tree and branch, and every written file appears whole or not
+at all (temporary file in the same folder, renamed when complete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+import awkward as ak
+import numpy as np
+import uproot
+from uproot.deserialization import DeserializationError
+
+from . import features as feat
+from .errors import FeatureError, RootFileError
+from .geometry import GRID, SHAPE
+
+TREE = "zdc"
+FEATURES, PDG, PARTICLE_ID, RESPONSE = "features", "pdg", "particle_id", "response"
+PARTS = (FEATURES, PDG, PARTICLE_ID, RESPONSE)
+COLUMNS = feat.NAMES + (PDG, PARTICLE_ID, RESPONSE)  # logical names of every branch
+READ_STEP_ENTRIES = 4096  # entries per chunk when reading: about 32 MB of responses
+WRITE_BASKET_ENTRIES = 16384  # entries per basket when writing (>= 64 kB for scalar branches)
+RESPONSE_TYPE = np.dtype((np.float32, SHAPE))
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Tree name and the branch that holds each logical column, so files that use other names can
+    be read: `Schema.from_branch_map({"tree": "events", "branches": {"energy": "E"}})`."""
+
+    tree: str = TREE
+    branches: Mapping[str, str] = field(default_factory=lambda: {c: c for c in COLUMNS})
+
+    @classmethod
+    def from_branch_map(cls, mapping: Mapping) -> "Schema":
+        unknown = set(mapping) - {"tree", "branches"}
+        renames = dict(mapping.get("branches", {}))
+        unknown |= {f"branches.{k}" for k in set(renames) - set(COLUMNS)}
+        if unknown:
+            raise ValueError(
+                f"branch map: unknown keys {sorted(unknown)}; expected 'tree' and 'branches' "
+                f"mapping any of {list(COLUMNS)} to branch names"
+            )
+        return cls(mapping.get("tree", TREE), {c: renames.get(c, c) for c in COLUMNS})
+
+    @classmethod
+    def from_file(cls, path) -> "Schema":
+        try:
+            return cls.from_branch_map(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"branch map '{path}': cannot read it as JSON ({exc})") from None
+
+    def branch(self, column: str) -> str:
+        return self.branches[column]
+
+
+def _columns_of(parts) -> list[str]:
+    columns = []
+    for part in parts:
+        if part not in PARTS:
+            raise ValueError(f"unknown part '{part}'; expected one of {PARTS}")
+        columns.extend(feat.NAMES if part == FEATURES else (part,))
+    return columns
+
+
+def open_tree(path, schema: Schema = Schema()):
+    """Open the dataset tree of a ROOT file, or raise RootFileError saying why it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise RootFileError("no such file", file=path)
+    try:
+        file = uproot.open(path)
+    except (ValueError, OSError, DeserializationError, zlib.error) as exc:
+        raise RootFileError("not a readable ROOT file", file=path, expected="a ROOT file", found=_short(exc)) from None
+    try:
+        tree = file[schema.tree]
+    except KeyError:
+        available = [k.split(";")[0] for k, v in file.classnames().items() if v == "TTree"]
+        raise RootFileError(
+            "missing tree", file=path, tree=schema.tree, expected=f"a TTree named '{schema.tree}'",
+            found=f"trees {available}" if available else "no TTree",
+        ) from None
+    except (OSError, DeserializationError, zlib.error, ValueError) as exc:
+        raise RootFileError("truncated or corrupt file", file=path, tree=schema.tree, found=_short(exc)) from None
+    if not isinstance(tree, uproot.TTree):
+        raise RootFileError("not a tree", file=path, tree=schema.tree, expected="a TTree", found=type(tree).__name__)
+    return tree
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _check_branches(tree, path, schema: Schema, columns) -> None:
+    present = set(tree.keys())
+    for column in columns:
+        name = schema.branch(column)
+        if name not in present:
+            close = sorted(present, key=lambda k: _distance(k, name))[:3]
+            raise RootFileError(
+                "missing branch", file=path, tree=schema.tree, branch=name,
+                expected=f"the '{column}' column", found=f"branches {close} (closest by name)",
+            )
+    if RESPONSE in columns:
+        branch = tree[schema.branch(RESPONSE)]
+        interp = branch.interpretation
+        fixed = getattr(interp, "to_dtype", None)
+        content = getattr(interp, "content", None)  # jagged branches: float[] or vector<float>
+        ok_fixed = fixed is not None and fixed.base == np.float32 and fixed.shape in (SHAPE, (GRID * GRID,))
+        ok_jagged = content is not None and getattr(content, "to_dtype", None) == np.float32
+        if not (ok_fixed or ok_jagged):
+            raise RootFileError(
+                "wrong response type", file=path, tree=schema.tree, branch=branch.name,
+                expected=f"float[{GRID}][{GRID}] (or {GRID * GRID} float32 values per entry)",
+                found=branch.typename,
+            )
+
+
+def _distance(a: str, b: str) -> int:
+    """Levenshtein distance, to suggest the branch the user probably meant."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def num_entries(path, schema: Schema = Schema()) -> int:
+    return int(open_tree(path, schema).num_entries)
+
+
+def iterate(path, schema: Schema = Schema(), parts=PARTS, step_size: int = READ_STEP_ENTRIES,
+            entry_start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Yield validated chunks {part: array} of at most `step_size` entries: features (n, 9)
+    float32, pdg (n,) int32, particle_id (n,) int64, response (n, 44, 44) float32."""
+    tree = open_tree(path, schema)
+    columns = _columns_of(parts)
+    _check_branches(tree, path, schema, columns)
+    names = {schema.branch(c): c for c in columns}
+    start = entry_start
+    try:
+        for arrays in tree.iterate(list(names), step_size=step_size, library="ak", entry_start=entry_start):
+            n = len(arrays)
+            yield _to_parts(arrays, names, parts, path, schema, start)
+            start += n
+    except (OSError, DeserializationError, zlib.error) as exc:
+        raise RootFileError(
+            "truncated or corrupt file", file=path, tree=schema.tree,
+            expected=f"{tree.num_entries} readable entries", found=f"a failure after entry {start}: {_short(exc)}",
+        ) from None
+
+
+def _to_parts(arrays, names, parts, path, schema, start) -> dict[str, np.ndarray]:
+    columns = {logical: arrays[branch] for branch, logical in names.items()}
+    where = f"file '{path}', tree '{schema.tree}', entries {start}-{start + len(arrays) - 1}"
+    out = {}
+    if FEATURES in parts:
+        stacked = np.stack([ak.to_numpy(columns[n]).astype(np.float64) for n in feat.NAMES], axis=1)
+        try:
+            out[FEATURES] = feat.validate(stacked, source=where)
+        except FeatureError as exc:
+            # Rows are numbered within the chunk by validate; point at the branch too.
+            raise RootFileError("invalid particle features", file=path, tree=schema.tree, found=str(exc)) from None
+    for part, dtype in ((PDG, np.int32), (PARTICLE_ID, np.int64)):
+        if part in parts:
+            values = ak.to_numpy(columns[part])
+            if not np.issubdtype(values.dtype, np.integer):
+                raise RootFileError(f"wrong {part} type", file=path, tree=schema.tree,
+                                    branch=schema.branch(part), expected="an integer branch", found=str(values.dtype))
+            out[part] = values.astype(dtype)
+    if RESPONSE in parts:
+        out[RESPONSE] = _response(columns[RESPONSE], path, schema, start)
+    return out
+
+
+def _response(values, path, schema, start) -> np.ndarray:
+    branch = schema.branch(RESPONSE)
+    if values.ndim == 2 and not isinstance(values.type.content, ak.types.RegularType):
+        counts = ak.to_numpy(ak.num(values))
+        bad = np.flatnonzero(counts != GRID * GRID)
+        if len(bad):
+            raise RootFileError("wrong response shape", file=path, tree=schema.tree, branch=branch,
+                                expected=f"{GRID * GRID} values per entry",
+                                found=f"{counts[bad[0]]} values at entry {start + bad[0]}")
+        values = ak.flatten(values)
+    array = np.asarray(ak.to_numpy(values), dtype=np.float32).reshape(-1, *SHAPE)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        entry, i, j = np.argwhere(bad)[0]
+        raise RootFileError("non-finite response", file=path, tree=schema.tree, branch=branch,
+                            expected="finite photon counts",
+                            found=f"{array[entry, i, j]} at entry {start + entry}, pixel ({i}, {j})")
+    if (array < 0).any():
+        entry, i, j = np.argwhere(array < 0)[0]
+        raise RootFileError("negative response", file=path, tree=schema.tree, branch=branch,
+                            expected="photon counts >= 0",
+                            found=f"{array[entry, i, j]} at entry {start + entry}, pixel ({i}, {j})")
+    return array
+
+
+def dataset_branch_types(schema: Schema = Schema()) -> dict[str, np.dtype]:
+    """Branch types of the dataset tree: 9 float32 features, pdg, particle_id, response."""
+    types = {schema.branch(n): np.dtype(np.float32) for n in feat.NAMES}
+    types[schema.branch(PDG)] = np.dtype(np.int32)
+    types[schema.branch(PARTICLE_ID)] = np.dtype(np.int64)
+    types[schema.branch(RESPONSE)] = RESPONSE_TYPE
+    return types
+
+
+def flatten_parts(parts: Mapping[str, np.ndarray], schema: Schema = Schema()) -> dict[str, np.ndarray]:
+    """{features, pdg, particle_id, response} -> {branch: array}, the form RootWriter takes."""
+    out = {}
+    for part, values in parts.items():
+        if part == FEATURES:
+            out.update({schema.branch(n): values[:, i] for i, n in enumerate(feat.NAMES)})
+        else:
+            out[schema.branch(part)] = values
+    return out
+
+
+class RootWriter:
+    """Write one TTree chunk by chunk into a temporary file that replaces `path` only on success.
+
+    Chunks are validated (branches, lengths, shapes, finite values) and buffered into baskets of
+    `basket_entries`, since every `extend` writes one basket per branch. If anything fails, or the
+    block is left by an exception, the temporary file is removed and `path` is untouched.
+    """
+
+    def __init__(self, path, branch_types: Mapping[str, np.dtype], tree: str = TREE,
+                 objects: Mapping[str, str] | None = None, basket_entries: int = WRITE_BASKET_ENTRIES):
+        self.path = Path(path)
+        self.types = {name: np.dtype(t) for name, t in branch_types.items()}
+        self.tree_name, self.objects, self.basket_entries = tree, dict(objects or {}), basket_entries
+        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.entries = 0
+        self._buffer: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
+        self._file = self._tree = None
+
+    def __enter__(self) -> "RootWriter":
+        if not self.path.parent.is_dir():
+            raise RootFileError("output folder does not exist", file=self.path, expected="an existing folder")
+        self._file = uproot.recreate(self.tmp)
+        self._tree = self._file.mktree(self.tree_name, self.types)
+        return self
+
+    def write(self, chunk: Mapping[str, np.ndarray]) -> None:
+        self._buffer.append(self._checked(chunk))
+        self._buffered += len(next(iter(self._buffer[-1].values())))
+        if self._buffered >= self.basket_entries:
+            self._flush()
+
+    def _checked(self, chunk) -> dict[str, np.ndarray]:
+        if set(chunk) != set(self.types):
+            raise RootFileError("wrong branches in chunk", file=self.path, tree=self.tree_name,
+                                expected=sorted(self.types), found=sorted(chunk))
+        out, length = {}, None
+        for name, dtype in self.types.items():
+            values = np.asarray(chunk[name])
+            if values.ndim == 0 or values.shape[1:] != dtype.shape or (length is not None and len(values) != length):
+                raise RootFileError("wrong shape", file=self.path, tree=self.tree_name, branch=name,
+                                    expected=f"{length if length is not None else 'n'} entries of shape {dtype.shape}",
+                                    found=values.shape)
+            length = len(values)
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                raise RootFileError("non-finite values", file=self.path, tree=self.tree_name, branch=name,
+                                    expected="finite numbers", found="NaN or inf")
+            out[name] = values.astype(dtype.base, copy=False)
+        return out
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        merged = {name: np.concatenate([c[name] for c in self._buffer]) for name in self.types}
+        self._tree.extend(merged)
+        self.entries += self._buffered
+        self._buffer, self._buffered = [], 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        complete = False
+        try:
+            if exc_type is None:
+                self._flush()
+                for name, text in self.objects.items():
+                    self._file[name] = text
+                complete = True
+        finally:
+            self._file.close()
+            if complete:
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
+
+    def set_object(self, name: str, text: str) -> None:
+        """Store a string (a TObjString, e.g. JSON provenance) beside the tree when the file closes."""
+        self.objects[name] = text
+
+
+def write_dataset(path, chunks: Iterable[Mapping[str, np.ndarray]], schema: Schema = Schema(),
+                  provenance: Mapping | None = None) -> int:
+    """Write {features, pdg, particle_id, response} chunks as the dataset tree; returns entries."""
+    objects = {"provenance": json.dumps(provenance, sort_keys=True)} if provenance else None
+    with RootWriter(path, dataset_branch_types(schema), tree=schema.tree, objects=objects) as writer:
+        for chunk in chunks:
+            writer.write(flatten_parts(chunk, schema))
+    return writer.entries
+
+
+def read_provenance(path) -> dict | None:
+    """The JSON provenance stored beside the tree, or None when the file has none."""
+    with uproot.open(path) as file:
+        if "provenance" not in file:
+            return None
+        return json.loads(str(file["provenance"]))

@@ -1,0 +1,83 @@
+"""Dataset statistics for `zdc-sim data inspect`, computed in one streaming pass (bounded memory:
+only 5 channel values and a few scalars per entry are kept)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from . import geometry, io, metrics, reference
+
+
+def summarize(path, schema: io.Schema = io.Schema()) -> dict:
+    ids, pdgs, channels, hits = [], [], [], []
+    for chunk in io.iterate(path, schema):
+        ids.append(chunk[io.PARTICLE_ID])
+        pdgs.append(chunk[io.PDG])
+        channels.append(geometry.channel_sums(chunk[io.RESPONSE]).astype(np.float32))
+        hits.append(reference.hits_face(chunk[io.FEATURES]))
+    particle_id, pdg = np.concatenate(ids), np.concatenate(pdgs)
+    channels, hit = np.concatenate(channels), np.concatenate(hits)
+    totals = channels.sum(axis=1, dtype=np.float64)
+
+    out = {
+        "file": str(path),
+        "entries": int(len(particle_id)),
+        "particles": int(len(np.unique(particle_id))),
+        "channels": {
+            name: {"mean": float(channels[:, c].mean()), "std": float(channels[:, c].std()),
+                   "min": float(channels[:, c].min()), "max": float(channels[:, c].max())}
+            for c, name in enumerate(geometry.CHANNEL_NAMES)
+        },
+        "hit_fraction": float(hit.mean()),
+        "median_total_hit": float(np.median(totals[hit])) if hit.any() else None,
+        "median_total_miss": float(np.median(totals[~hit])) if (~hit).any() else None,
+    }
+    first = np.unique(particle_id, return_index=True)[1]
+    out["particles_by_type"] = {reference.species_name(p): n for p, n in Counter(pdg[first].tolist()).most_common()}
+
+    spread = {}
+    try:
+        _, (tot, types, hit_p) = metrics.group_repeats(particle_id, totals, pdg, hit)
+    except ValueError:
+        out["repeats"] = 1
+        out["median_relative_spread"] = {}
+        return out
+    out["repeats"] = int(tot.shape[1])
+    hit_p, types = hit_p[:, 0], types[:, 0]
+    rs = metrics.relative_spread(tot)
+    for code in np.unique(types):
+        sel = (types == code) & hit_p
+        if sel.any():
+            spread[reference.species_name(code)] = {"particles_hit": int(sel.sum()), "median": float(np.median(rs[sel]))}
+    classes = reference.shower_class(types)
+    for cls in (reference.HADRONIC, reference.ELECTROMAGNETIC):
+        sel = (classes == cls) & hit_p
+        if sel.any():
+            spread[cls] = {"particles_hit": int(sel.sum()), "median": float(np.median(rs[sel]))}
+    out["median_relative_spread"] = spread
+    if reference.HADRONIC in spread and reference.ELECTROMAGNETIC in spread:
+        out["hadronic_to_em_spread_ratio"] = spread[reference.HADRONIC]["median"] / spread[reference.ELECTROMAGNETIC]["median"]
+    return out
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"file              {s['file']}",
+        f"entries           {s['entries']}",
+        f"particles         {s['particles']} ({s['repeats']} repeats each)",
+        f"hit the face      {100 * s['hit_fraction']:.1f} % of entries; median total counts: "
+        f"hit {s['median_total_hit']}, miss {s['median_total_miss']}",
+        "particles by type " + ", ".join(f"{k} {v}" for k, v in s["particles_by_type"].items()),
+        "channel sums      " + "mean / std / min / max",
+    ]
+    for name, c in s["channels"].items():
+        lines.append(f"  {name}       {c['mean']:.1f} / {c['std']:.1f} / {c['min']:.0f} / {c['max']:.0f}")
+    if s["median_relative_spread"]:
+        lines.append("median relative spread of total counts, particles that hit the face:")
+        for name, v in s["median_relative_spread"].items():
+            lines.append(f"  {name:<16}{v['median']:.4f}  ({v['particles_hit']} particles)")
+    if "hadronic_to_em_spread_ratio" in s:
+        lines.append(f"hadronic / electromagnetic spread ratio {s['hadronic_to_em_spread_ratio']:.1f}")
+    return "\n".join(lines)
