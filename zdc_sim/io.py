@@ -99,7 +99,8 @@ def open_tree(path, schema: Schema = Schema()):
 
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}"
+    name = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+    return f"{name}: {text[:200]}"
 
 
 def _check_branches(tree, path, schema: Schema, columns) -> None:

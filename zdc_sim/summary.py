@@ -47,7 +47,8 @@ def summarize(path, schema: io.Schema = io.Schema()) -> dict:
     out["repeats"] = int(tot.shape[1])
     hit_p, types = hit_p[:, 0], types[:, 0]
     rs = metrics.relative_spread(tot)
-    for code in np.unique(types):
+    codes, counts = np.unique(types, return_counts=True)
+    for code in codes[np.argsort(-counts, kind="stable")]:
         sel = (types == code) & hit_p
         if sel.any():
             spread[reference.species_name(code)] = {"particles_hit": int(sel.sum()), "median": float(np.median(rs[sel]))}

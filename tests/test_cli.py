@@ -1,0 +1,50 @@
+import json
+
+import numpy as np
+
+from zdc_sim import cli, io
+
+
+def test_generate_is_deterministic_and_inspect_reports(tmp_path, capsys):
+    a, b = tmp_path / "a.root", tmp_path / "b.root"
+    for out in (a, b):
+        assert cli.main(["data", "generate", "--particles", "300", "--repeats", "3", "--seed", "11",
+                         "--out", str(out), "--quiet"]) == 0
+    assert "wrote 900 entries" in capsys.readouterr().out
+    ra = np.concatenate([c[io.RESPONSE] for c in io.iterate(a)])
+    rb = np.concatenate([c[io.RESPONSE] for c in io.iterate(b)])
+    np.testing.assert_array_equal(ra, rb)
+    assert io.read_provenance(a)["seed"] == 11
+
+    assert cli.main(["data", "inspect", str(a), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["entries"] == 900 and summary["particles"] == 300 and summary["repeats"] == 3
+    assert sum(summary["particles_by_type"].values()) == 300
+    spread = summary["median_relative_spread"]
+    assert spread["hadronic"]["median"] > 3 * spread["electromagnetic"]["median"]
+    assert summary["median_total_miss"] < 0.01 * summary["median_total_hit"]
+    assert set(summary["channels"]) == {f"channel_{k}" for k in range(1, 6)}
+
+    assert cli.main(["data", "inspect", str(a)]) == 0
+    text = capsys.readouterr().out
+    assert "hadronic / electromagnetic spread ratio" in text and "channel_5" in text
+
+
+def test_convert_renames_branches(tmp_path, tiny_file, capsys):
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"tree": "zdc"}))
+    out = tmp_path / "copy.root"
+    assert cli.main(["data", "convert", str(tiny_file), "--branch-map", str(mapping), "--out", str(out)]) == 0
+    np.testing.assert_array_equal(next(io.iterate(out))[io.RESPONSE], next(io.iterate(tiny_file))[io.RESPONSE])
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert cli.main(["data", "inspect", str(tmp_path / "missing.root")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad_map = tmp_path / "m.json"
+    bad_map.write_text("{not json")
+    assert cli.main(["data", "inspect", str(tmp_path / "x.root"), "--branch-map", str(bad_map)]) == 2
+    assert "cannot read it as JSON" in capsys.readouterr().err
+    assert cli.main(["data", "generate", "--particles", "0", "--seed", "1", "--out", str(tmp_path / "z.root")]) == 2
+    assert "at least 1 particle" in capsys.readouterr().err
+    assert not (tmp_path / "z.root").exists()

@@ -1,0 +1,230 @@
+import json
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from zdc_sim import cli, io
+from zdc_sim import features as F
+from zdc_sim.errors import RootFileError
+
+
+def raw_branches(parts, response=None):
+    """Standard-schema branches written with plain uproot, so tests can build broken files."""
+    out = io.flatten_parts(parts)
+    if response is not None:
+        out["response"] = response
+    return out
+
+
+def write_raw(path, branches, tree="zdc"):
+    with uproot.recreate(path) as f:
+        types = {k: (v.type if isinstance(v, ak.Array) else np.dtype((v.dtype, v.shape[1:]))) for k, v in branches.items()}
+        f.mktree(tree, types)
+        f[tree].extend(branches)
+    return path
+
+
+def leftovers(folder, keep):
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+def test_round_trip_preserves_every_column(tmp_path, tiny_parts):
+    path = tmp_path / "d.root"
+    assert io.write_dataset(path, [tiny_parts], provenance={"seed": 3}) == len(tiny_parts["pdg"])
+    chunks = list(io.iterate(path, step_size=50))
+    assert [len(c["pdg"]) for c in chunks] == [50, 50, 50, 10]
+    for part, values in tiny_parts.items():
+        got = np.concatenate([c[part] for c in chunks])
+        assert got.dtype == values.dtype
+        np.testing.assert_array_equal(got, values)
+    assert io.read_provenance(path) == {"seed": 3}
+    assert leftovers(tmp_path, {"d.root"}) == []
+
+
+def test_written_file_is_a_plain_ttree(tiny_file):
+    with uproot.open(tiny_file) as f:
+        assert f.classnames() == {"zdc;1": "TTree", "provenance;1": "TObjString"}
+        tree = f["zdc"]
+        assert tree["response"].typename == "float[44][44]"
+        assert tree["energy"].typename == "float" and tree["pdg"].typename == "int32_t"
+        assert tree["particle_id"].typename == "int64_t"
+        assert not any(k.startswith("n") and k != "particle_id" for k in tree.keys())  # no counter branches
+
+
+def test_reading_only_some_parts(tiny_file, tiny_parts):
+    chunk = next(io.iterate(tiny_file, parts=(io.FEATURES, io.PDG)))
+    assert set(chunk) == {io.FEATURES, io.PDG}
+    np.testing.assert_array_equal(chunk[io.FEATURES], tiny_parts[io.FEATURES])
+
+
+def test_branch_map_reads_other_names(tmp_path, tiny_parts):
+    renamed = {("E" if k == "energy" else "img" if k == "response" else k): v for k, v in raw_branches(tiny_parts).items()}
+    path = write_raw(tmp_path / "other.root", renamed, tree="events")
+    schema = io.Schema.from_branch_map({"tree": "events", "branches": {"energy": "E", "response": "img"}})
+    chunk = next(io.iterate(path, schema))
+    np.testing.assert_array_equal(chunk[io.RESPONSE], tiny_parts[io.RESPONSE])
+    with pytest.raises(ValueError, match="unknown keys"):
+        io.Schema.from_branch_map({"branches": {"enrgy": "E"}})
+
+
+def test_jagged_response_of_1936_values_is_accepted(tmp_path, tiny_parts):
+    flat = ak.Array(list(tiny_parts[io.RESPONSE].reshape(len(tiny_parts["pdg"]), -1)))
+    path = write_raw(tmp_path / "jagged.root", raw_branches(tiny_parts, ak.values_astype(flat, np.float32)))
+    chunk = next(io.iterate(path))
+    np.testing.assert_array_equal(chunk[io.RESPONSE], tiny_parts[io.RESPONSE])
+
+
+# --- every bad-file case: the error names what was wrong, and a conversion writes nothing --------
+
+def truncated(tmp_path, tiny_file):
+    data = tiny_file.read_bytes()
+    path = tmp_path / "truncated.root"
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def text_file(path):
+    path.write_text("hello, not ROOT")
+    return path
+
+
+def bad_files():
+    def with_nan(parts):
+        response = parts[io.RESPONSE].copy()
+        response[5, 3, 4] = np.nan
+        return raw_branches(parts, response)
+
+    def with_inf_feature(parts):
+        branches = raw_branches(parts)
+        branches["vz"] = branches["vz"].copy()
+        branches["vz"][7] = np.inf
+        return branches
+
+    def without_vz(parts):
+        branches = raw_branches(parts)
+        del branches["vz"]
+        return branches
+
+    def narrow(parts):
+        return raw_branches(parts, np.ascontiguousarray(parts[io.RESPONSE][:, :, :43]))
+
+    def double(parts):
+        return raw_branches(parts, parts[io.RESPONSE].astype(np.float64))
+
+    def short_jagged(parts):
+        values = [r.ravel() for r in parts[io.RESPONSE]]
+        values[3] = values[3][:100]
+        return raw_branches(parts, ak.values_astype(ak.Array(values), np.float32))
+
+    return {
+        "not_root": (lambda tmp, tf, parts: text_file(tmp / "x.root"),
+                     ["not a readable ROOT file", "x.root"]),
+        "truncated": (lambda tmp, tf, parts: truncated(tmp, tf), ["truncated", "truncated.root", "tree 'zdc'"]),
+        "missing_tree": (lambda tmp, tf, parts: write_raw(tmp / "t.root", raw_branches(parts), tree="events"),
+                         ["missing tree", "tree 'zdc'", "trees ['events']"]),
+        "missing_branch": (lambda tmp, tf, parts: write_raw(tmp / "b.root", without_vz(parts)),
+                           ["missing branch", "branch 'vz'", "the 'vz' column", "closest"]),
+        "wrong_shape": (lambda tmp, tf, parts: write_raw(tmp / "s.root", narrow(parts)),
+                        ["wrong response type", "branch 'response'", "float[44][44]", "found float[44][43]"]),
+        "wrong_dtype": (lambda tmp, tf, parts: write_raw(tmp / "d.root", double(parts)),
+                        ["wrong response type", "float[44][44]", "found double[44][44]"]),
+        "short_jagged": (lambda tmp, tf, parts: write_raw(tmp / "j.root", short_jagged(parts)),
+                         ["wrong response shape", "1936 values per entry", "found 100 values at entry 3"]),
+        "nan_response": (lambda tmp, tf, parts: write_raw(tmp / "n.root", with_nan(parts)),
+                         ["non-finite response", "branch 'response'", "nan at entry 5, pixel (3, 4)"]),
+        "inf_feature": (lambda tmp, tf, parts: write_raw(tmp / "i.root", with_inf_feature(parts)),
+                        ["invalid particle features", "row 7", "'vz'", "finite"]),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(bad_files()))
+def test_bad_file_raises_named_error_and_writes_nothing(case, tmp_path, tiny_file, tiny_parts, capsys):
+    make, words = bad_files()[case]
+    bad = make(tmp_path, tiny_file, tiny_parts)
+    before = set(p.name for p in tmp_path.iterdir())
+    with pytest.raises(RootFileError) as err:
+        for _ in io.iterate(bad, step_size=64):
+            pass
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+    # The same file through a command that writes: exit code 2, the message, and no output at all.
+    identity = tmp_path / "map.json"
+    identity.write_text(json.dumps({"tree": "zdc"}))
+    out = tmp_path / "converted.root"
+    assert cli.main(["data", "convert", str(bad), "--branch-map", str(identity), "--out", str(out)]) == 2
+    assert words[0] in capsys.readouterr().err
+    assert set(p.name for p in tmp_path.iterdir()) == before | {"map.json"}
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(RootFileError, match="no such file: file '.*nothere.root'"):
+        next(io.iterate(tmp_path / "nothere.root"))
+
+
+def test_corrupt_basket_is_reported(tmp_path, tiny_file):
+    data = bytearray(tiny_file.read_bytes())
+    # Overwrite bytes in the middle of the response baskets (compressed data) with garbage.
+    middle = len(data) // 2
+    data[middle : middle + 2000] = bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8))
+    path = tmp_path / "corrupt.root"
+    path.write_bytes(bytes(data))
+    with pytest.raises(RootFileError, match="truncated or corrupt file.*zlib.error.*decompressing"):
+        for _ in io.iterate(path):
+            pass
+
+
+def test_writer_leaves_nothing_when_a_chunk_is_bad(tmp_path, tiny_parts):
+    bad = dict(tiny_parts)
+    bad[io.RESPONSE] = tiny_parts[io.RESPONSE].copy()
+    bad[io.RESPONSE][0, 0, 0] = np.inf
+    path = tmp_path / "out.root"
+    with pytest.raises(RootFileError, match="non-finite values.*branch 'response'"):
+        io.write_dataset(path, [tiny_parts, bad])
+    assert leftovers(tmp_path, set()) == []
+
+
+def test_writer_keeps_the_previous_file_when_interrupted(tmp_path, tiny_parts):
+    path = tmp_path / "out.root"
+    io.write_dataset(path, [tiny_parts])
+    before = path.read_bytes()
+
+    def chunks():
+        yield tiny_parts
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        io.write_dataset(path, chunks())
+    assert path.read_bytes() == before and leftovers(tmp_path, {"out.root"}) == []
+
+
+def test_writer_rejects_wrong_shapes_and_branches(tmp_path, tiny_parts):
+    types = io.dataset_branch_types()
+    branches = io.flatten_parts(tiny_parts)
+    with pytest.raises(RootFileError, match="wrong shape.*branch 'response'.*shape \\(44, 44\\)"):
+        with io.RootWriter(tmp_path / "a.root", types) as w:
+            w.write({**branches, "response": branches["response"][:, :40]})
+    with pytest.raises(RootFileError, match="wrong branches"):
+        with io.RootWriter(tmp_path / "b.root", types) as w:
+            w.write({k: v for k, v in branches.items() if k != "pdg"})
+    assert leftovers(tmp_path, set()) == []
+
+
+def test_writer_fills_baskets_of_the_requested_size(tmp_path, tiny_parts):
+    path = tmp_path / "baskets.root"
+    with io.RootWriter(path, io.dataset_branch_types(), basket_entries=100) as w:
+        for start in range(0, 160, 10):
+            w.write({k: v[start : start + 10] for k, v in io.flatten_parts(tiny_parts).items()})
+    with uproot.open(path) as f:
+        assert f["zdc"]["energy"].num_baskets == 2  # 100 + 60, not 16 small baskets
+
+
+def test_validation_matches_the_features_module(tmp_path, tiny_parts):
+    parts = dict(tiny_parts)
+    parts[io.FEATURES] = tiny_parts[io.FEATURES].copy()
+    parts[io.FEATURES][2, F.INDEX["energy"]] = -1.0
+    path = write_raw(tmp_path / "neg.root", raw_branches(parts))
+    with pytest.raises(RootFileError, match="row 2, feature 'energy'.*energy > 0"):
+        next(io.iterate(path))

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+from scipy.stats import spearmanr, wasserstein_distance
+
+from zdc_sim import geometry, metrics, reference
+
+
+def test_ws_channels_agrees_with_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.gamma(2.0, 100.0, (300, 5)), rng.gamma(2.5, 90.0, (200, 5))
+    expected = [wasserstein_distance(a[:, c], b[:, c]) for c in range(5)]
+    np.testing.assert_allclose(metrics.ws_channels(a, b), expected)
+
+
+def test_ws_by_hand():
+    real = np.array([[0, 0, 0, 0, 0], [2, 2, 2, 2, 2]], float)
+    np.testing.assert_allclose(metrics.ws_channels(real, real + 1.0), 1.0)
+    np.testing.assert_allclose(metrics.ws_channels(real, np.array([[1, 1, 1, 1, 1.0]])), 1.0)
+
+
+def test_group_repeats_orders_by_particle():
+    ids = np.array([7, 3, 7, 3, 9, 7])
+    values = np.array([0, 1, 2, 3, 4, 5])
+    got_ids, (grouped,) = metrics.group_repeats(ids, values)
+    np.testing.assert_array_equal(got_ids, [3, 7])  # 9 has one entry: dropped
+    np.testing.assert_array_equal(grouped, [[1, 3], [0, 2]])  # K = smallest count, first K kept
+    with pytest.raises(ValueError, match="2 or more"):
+        metrics.group_repeats(np.arange(4), values[:4])
+
+
+def test_floor_protocol_uses_halves():
+    rng = np.random.default_rng(1)
+    real = rng.normal(100, 10, (50, 4, 5))
+    report = metrics.ws_against_floor(real, real[:, 2:])  # "generated" = half B exactly
+    assert report.ws_mean == pytest.approx(report.ws_floor)
+    assert report.ratio_to_floor == pytest.approx(1.0)
+    shifted = metrics.ws_against_floor(real, real[:, 2:] + 30.0)
+    assert shifted.ratio_to_floor > 3.0
+    with pytest.raises(ValueError, match="expected real"):
+        metrics.ws_against_floor(real[:, :1], real)
+
+
+def test_relative_spread_by_hand():
+    totals = np.array([[90.0, 110.0], [10.0, 10.0]])
+    shrink = np.sqrt(0.454936423119572)  # median of chi2 with 1 degree of freedom
+    np.testing.assert_allclose(metrics.relative_spread(totals), [np.std([90, 110], ddof=1) / 100 / shrink, 0.0])
+
+
+def _perfect_and_broken(n=1500, k=4, m=10, seed=0):
+    chunks = list(reference.generate(n, k, seed))
+    feats = np.concatenate([c.features for c in chunks])[::k]
+    pdg = np.concatenate([c.pdg for c in chunks])[::k]
+    real = np.concatenate([c.response for c in chunks]).sum((1, 2)).reshape(n, k)
+    rng = np.random.default_rng(seed + 100)
+    perfect = reference.simulate(np.repeat(feats, m, 0), np.repeat(pdg, m), rng).sum((1, 2)).reshape(n, m)
+    mean = real.mean(1, keepdims=True)
+    collapsed = np.repeat(mean, m, 1)
+    spread_everywhere = mean * rng.lognormal(0.0, 0.25, (n, m))
+    return real, pdg, perfect, collapsed, spread_everywhere
+
+
+def test_selectivity_tells_faithful_collapsed_and_over_spread_apart():
+    real, pdg, perfect, collapsed, everywhere = _perfect_and_broken()
+    good = metrics.selectivity(real, perfect, pdg)
+    assert good.calibration > 0.5
+    assert abs(good.spread_bias["hadronic"]) < 0.1 and abs(good.spread_bias["electromagnetic"]) < 0.1
+    bad = metrics.selectivity(real, collapsed, pdg)
+    assert bad.calibration == 0.0 and bad.spread_bias["hadronic"] < -5
+    over = metrics.selectivity(real, everywhere, pdg)
+    assert over.calibration < 0.2 and over.spread_bias["electromagnetic"] > 1.5
+    assert abs(over.spread_bias["hadronic"]) < 0.3  # right for hadrons, wrong for EM: bias per class shows it
+    assert good.n_by_class["hadronic"] + good.n_by_class["electromagnetic"] == good.n_particles
+
+
+def test_selectivity_skips_empty_responses_and_matches_spearman():
+    real = np.array([[100.0, 120, 80, 110], [0, 1, 0, 0], [1000, 1010, 990, 1000], [500, 700, 300, 550]])
+    gen = np.array([[100.0, 130, 70, 100], [0, 0, 3, 0], [1000, 1000, 1001, 999], [400, 800, 450, 600]])
+    pdg = np.array([2112, 2112, 22, 2112])
+    sel = metrics.selectivity(real, gen, pdg)
+    keep = [0, 2, 3]
+    expected = spearmanr(metrics.relative_spread(real[keep]), metrics.relative_spread(gen[keep])).statistic
+    assert sel.n_particles == 3 and sel.calibration == pytest.approx(expected)
+    assert sel.spread_bias["electromagnetic"] == pytest.approx(
+        np.log(metrics.relative_spread(gen[[2]])[0] / metrics.relative_spread(real[[2]])[0]))
+
+
+def test_channel_sums_feed_the_protocol():
+    chunk = next(reference.generate(30, 4, 2))
+    channels = geometry.channel_sums(chunk.response).reshape(30, 4, 5)
+    report = metrics.ws_against_floor(channels, channels[:, 2:])
+    assert len(report.ws_channels) == 5 and report.ratio_to_floor == pytest.approx(1.0)
