@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATASET ?= data/reference.root
 
-.PHONY: run test bench clean
+HELDOUT ?= data/heldout.root
+MODEL_DIR := zdc_sim/default_model
+
+.PHONY: run test bench clean default-model
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +27,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/reference_mc.py
 	$(BIN)/python bench/rootio.py
 	$(BIN)/python bench/metric_sanity.py
+	$(BIN)/python bench/simulator.py
+
+# Reproduces the shipped default model (hours on 2 CPU cores) and the SDI vs plain cGAN comparison
+# of the README: same architecture, data, seed and epochs; only the regularizer differs.
+default-model: $(STAMP)
+	$(BIN)/zdc-sim data generate --particles 20000 --repeats 4 --seed 1 --out $(DATASET) --quiet
+	$(BIN)/zdc-sim data generate --particles 3000 --repeats 4 --seed 2 --out $(HELDOUT) --quiet
+	$(BIN)/zdc-sim train --config training/configs/default.json --data $(DATASET) --out runs/sdi --quiet
+	$(BIN)/zdc-sim train --config training/configs/default.json --data $(DATASET) --out runs/none --regularizer none --quiet
+	cp runs/sdi/best.safetensors $(MODEL_DIR)/model.safetensors
+	$(BIN)/zdc-sim evaluate --data $(HELDOUT) --ceiling --json > $(MODEL_DIR)/evaluation.txt
+	$(BIN)/zdc-sim evaluate --checkpoint runs/none/best.safetensors --data $(HELDOUT) --ceiling --json > runs/none/evaluation.txt
 
 clean:
 	rm -rf $(VENV) bench/out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import ZdcError
@@ -50,6 +51,40 @@ def _data_convert(args) -> None:
     print(f"wrote {entries} entries to {args.out}")
 
 
+def _train(args) -> None:
+    # The training job lives in the `training` package; imported here only, so the library
+    # itself never depends on it.
+    from training.config import TrainConfig
+    from training.loop import train
+
+    overrides = {k: getattr(args, k) for k in ("data", "out", "val_data", "model", "epochs", "batch_size",
+                                                "regularizer", "lam", "sdi_weight", "sdi_space", "seed",
+                                                "device", "threads", "checkpoint_every", "max_entries")}
+    config = TrainConfig.build(args.config, **overrides)
+    last = Path(config.out) / "last.safetensors"
+    if last.exists() and not args.resume:
+        raise ZdcError(f"run folder '{config.out}' already holds a training state ({last}); "
+                       "expected --resume to continue it, or a new --out")
+    if args.resume and not last.exists():
+        raise ZdcError(f"--resume: no training state '{last}' to continue; expected a run folder of an earlier run")
+    best = train(config, progress_bar=not args.quiet)
+    print(f"best checkpoint: {best}")
+
+
+def _evaluate(args) -> None:
+    from training.evaluate import evaluate_file, format_report
+
+    from .simulator import Simulator
+
+    simulator = Simulator.load(args.checkpoint, device=args.device)
+    report = evaluate_file(simulator, args.data, max_particles=args.max_particles, samples=args.samples,
+                           seed=args.seed, ceiling=args.ceiling, schema=_schema(args))
+    report["checkpoint"] = str(args.checkpoint) if args.checkpoint else "default model"
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zdc-sim", description="Fast simulation of the ALICE ZN calorimeter.")
     parser.add_argument("--version", action="version", version=f"zdc-sim {__version__}")
@@ -75,6 +110,40 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--branch-map", required=True, help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     conv.add_argument("--out", required=True)
     conv.set_defaults(run=_data_convert)
+
+    tr = commands.add_parser("train", help="train a generator on a ROOT dataset (torchrun for several processes)")
+    tr.add_argument("--data", help="training ROOT file")
+    tr.add_argument("--out", help="run folder: best.safetensors, last.safetensors, metrics.jsonl, plots")
+    tr.add_argument("--config", help="JSON file of training.config.TrainConfig fields; flags override it")
+    tr.add_argument("--val-data", dest="val_data", help="held-out ROOT file (default: a share of --data)")
+    tr.add_argument("--model", help="model size: tiny, small, base, large")
+    tr.add_argument("--regularizer", help="sdi or none (the plain conditional GAN)")
+    tr.add_argument("--lambda", dest="lam", type=float, help="weight of the regularizer")
+    tr.add_argument("--sdi-weight", dest="sdi_weight", help="absolute (published) or relative spread weights")
+    tr.add_argument("--sdi-space", dest="sdi_space", help="image or embedding")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", dest="batch_size", type=int)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    tr.add_argument("--threads", type=int, help="torch CPU threads")
+    tr.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="save the resumable state every N steps")
+    tr.add_argument("--max-entries", dest="max_entries", type=int, help="read at most N entries of --data")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(run=_train)
+
+    ev = commands.add_parser("evaluate", help="score a model on a dataset with the metrics protocol")
+    ev.add_argument("--checkpoint", help="checkpoint file (default: the model shipped with zdc-sim)")
+    ev.add_argument("--data", required=True, help="ROOT file with K >= 2 repeats per particle")
+    ev.add_argument("--samples", type=int, default=10, help="generated samples per particle (M)")
+    ev.add_argument("--max-particles", dest="max_particles", type=int, help="evaluate the first N particles only")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
+    ev.add_argument("--ceiling", action="store_true",
+                    help="also score fresh reference Monte Carlo repeats (reference data only)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
+    ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
+    ev.set_defaults(run=_evaluate)
     return parser
 
 

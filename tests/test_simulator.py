@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from zdc_sim import checkpoint, features, geometry, reference
+from zdc_sim.errors import FeatureError, ZdcError
+from zdc_sim.models import SIZES, Generator
+from zdc_sim.simulator import Simulator, default_model_path
+
+
+@pytest.fixture(scope="module")
+def particles():
+    x, _ = reference.sample_particles(300, np.random.default_rng(4))
+    return x
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, particles):
+    torch.manual_seed(0)
+    gen = Generator(SIZES["tiny"])
+    std = features.Standardizer.fit(particles)
+    gen.conditioner.fit(std, particles)
+    with torch.no_grad():  # a visible output: the untrained last bias would make everything 0
+        gen.upsample[-2].bias.fill_(1.0)
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    checkpoint.save(path, checkpoint.prefixed("generator", gen.state_dict()),
+                    {"model": gen.config.to_dict(), "standardizer": std.to_dict()})
+    return path
+
+
+def test_simulate_shapes_counts_and_channel_sums(saved_model, particles):
+    sim = Simulator.load(saved_model, device="cpu")
+    out = sim.simulate(particles[:50], seed=1)
+    assert out.counts.shape == (50, 44, 44) and out.counts.dtype == np.float32
+    assert out.channels.shape == (50, 5) and out.channels.dtype == np.float32
+    assert (out.counts >= 0).all() and out.counts.sum() > 0
+    np.testing.assert_allclose(out.channels, geometry.channel_sums(out.counts), rtol=1e-5)
+
+
+def test_same_seed_same_output_whatever_the_batch_size(saved_model, particles):
+    whole = Simulator.load(saved_model, batch_size=4096).simulate(particles, seed=42).counts
+    small = Simulator.load(saved_model, batch_size=7).simulate(particles, seed=42).counts
+    np.testing.assert_allclose(small, whole, rtol=1e-5, atol=1e-4)
+    again = Simulator.load(saved_model).simulate(particles, seed=42).counts
+    np.testing.assert_array_equal(again, whole)
+    other = Simulator.load(saved_model).simulate(particles, seed=43).counts
+    assert np.abs(other - whole).mean() > 1e-3
+    # a prefix of the particles gets the same responses as in the full batch
+    np.testing.assert_allclose(Simulator.load(saved_model).simulate(particles[:10], seed=42).counts, whole[:10],
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_simulate_validates_features(saved_model, particles):
+    sim = Simulator.load(saved_model)
+    bad = particles[:5].copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(FeatureError, match="row 3.*energy"):
+        sim.simulate(bad)
+    with pytest.raises(FeatureError, match=r"\(N, 9\)"):
+        sim.simulate(np.zeros((4, 8)))
+
+
+def test_device_and_precision_options(saved_model):
+    if not torch.cuda.is_available():
+        with pytest.raises(ZdcError, match="no CUDA device"):
+            Simulator.load(saved_model, device="cuda")
+    with pytest.raises(ZdcError, match="bf16 inference needs a CUDA device"):
+        Simulator.load(saved_model, device="cpu", bf16=True)
+    with pytest.raises(ZdcError, match="batch_size"):
+        Simulator.load(saved_model, batch_size=0)
+
+
+def test_loading_a_checkpoint_without_a_generator_fails_clearly(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    checkpoint.save(path, {"w": torch.ones(1)}, {"model": SIZES["tiny"].to_dict()})
+    with pytest.raises(checkpoint.CheckpointError, match="does not hold a generator"):
+        Simulator.load(path)
+
+
+def test_the_shipped_default_model_loads_and_is_small():
+    path = default_model_path()
+    assert path.stat().st_size <= 10 * 1024 * 1024
+    sim = Simulator.load()
+    meta = sim.metadata
+    assert meta["training"]["regularizer"] == "sdi" and "validation" in meta
+    x, _ = reference.sample_particles(20, np.random.default_rng(0))
+    out = sim.simulate(x, seed=0)
+    assert out.counts.shape == (20, 44, 44) and np.isfinite(out.counts).all()

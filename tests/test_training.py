@@ -1,0 +1,145 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from training import loop
+from training.config import ConfigError, TrainConfig
+from zdc_sim import checkpoint, cli
+from zdc_sim.simulator import Simulator
+
+
+def _config(data, out, **changes):
+    values = dict(data=str(data), out=str(out), model="tiny", epochs=2, batch_size=16, val_particles=5,
+                  val_samples=4, seed=3, threads=1, plots=False)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def _weights(path):
+    tensors, _ = checkpoint.load(path)
+    return tensors
+
+
+def test_training_writes_checkpoints_log_and_plots(tiny_file, tmp_path):
+    out = tmp_path / "run"
+    best = loop.train(_config(tiny_file, out, plots=True), progress_bar=False)
+    assert best == out / "best.safetensors"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert {"loss_d", "loss_g_adv", "loss_reg", "seconds", "step"} <= set(r)
+        assert {"ws_mean", "ws_floor", "ratio_to_floor", "calibration", "spread_bias"} <= set(r["val"])
+        assert r["loss_reg"] > 0  # SDI is on by default
+    for name in ("channels.png", "diversity.png", "responses.png", "learning_curve.png"):
+        assert (out / name).stat().st_size > 1000
+    sim = Simulator.load(best)
+    meta = sim.metadata
+    assert meta["training"]["regularizer"] == "sdi" and meta["standardizer"]["names"][0] == "energy"
+    assert meta["dataset_fingerprint"].startswith("sha256:") and meta["validation"]["ws_mean"] == min(
+        r["val"]["ws_mean"] for r in records)
+    assert sim.simulate(sim_features(tiny_file), seed=0).counts.shape[1:] == (44, 44)
+
+
+def sim_features(path):
+    from zdc_sim import io
+
+    return next(io.iterate(path))["features"][:8]
+
+
+def test_plain_gan_has_no_regularizer_term(tiny_file, tmp_path):
+    loop.train(_config(tiny_file, tmp_path / "plain", regularizer="none", epochs=1), progress_bar=False)
+    record = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text())
+    assert record["loss_reg"] == 0.0
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tiny_file, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    loop.train(_config(tiny_file, straight, checkpoint_every=5), progress_bar=False)
+
+    # Kill the second run mid-epoch, after its state was saved at step 10 (of 14 per epoch).
+    killed = tmp_path / "killed"
+    original = loop._Run._step
+    calls = {"n": 0}
+
+    def dying_step(self, index):
+        calls["n"] += 1
+        if calls["n"] == 18:
+            raise KeyboardInterrupt("killed")
+        return original(self, index)
+
+    monkeypatch.setattr(loop._Run, "_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_config(tiny_file, killed, checkpoint_every=5), progress_bar=False)
+    monkeypatch.setattr(loop._Run, "_step", original)
+    _, meta = checkpoint.load(killed / "last.safetensors")
+    assert meta["progress"]["step"] == 15 and meta["progress"]["epoch"] == 1
+
+    loop.train(_config(tiny_file, killed, checkpoint_every=5), progress_bar=False)
+    a, b = _weights(straight / "last.safetensors"), _weights(killed / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for key, value in _weights(straight / "best.safetensors").items():
+        assert torch.equal(value, _weights(killed / "best.safetensors")[key])
+
+
+def test_cli_train_resume_and_evaluate(tiny_file, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["train", "--data", str(tiny_file), "--out", str(out), "--model", "tiny", "--epochs", "1",
+            "--batch-size", "16", "--threads", "1", "--quiet", "--regularizer", "sdi", "--lambda", "0.5"]
+    assert cli.main(args) == 0
+    assert "best checkpoint" in capsys.readouterr().out
+    assert cli.main(args) == 2  # refuses to overwrite a run
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(args[:-4] + ["--epochs", "2", "--resume", "--regularizer", "sdi", "--lambda", "0.5"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert cli.main(args[:-2] + ["--lambda", "2.0", "--epochs", "3", "--resume"]) == 2
+    assert "config differs in ['lam']" in capsys.readouterr().err
+
+    assert cli.main(["evaluate", "--checkpoint", str(out / "best.safetensors"), "--data", str(tiny_file),
+                     "--ceiling", "--json", "--samples", "4"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(printed[-1])
+    assert {"ws_mean", "ws_channels", "ws_floor", "ratio_to_floor", "calibration", "spread_bias",
+            "calibration_ceiling"} <= set(report)
+    assert len(report["ws_channels"]) == 5 and report["ws_floor"] > 0
+    assert report["ratio_to_floor"] == pytest.approx(report["ws_mean"] / report["ws_floor"])
+    assert 0.0 < report["calibration_ceiling"] <= 1.0
+    assert any("model / floor" in line for line in printed)
+
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(tiny_file)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_config_file_and_errors(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": "tiny", "epochs": 3, "lam": 0.5}))
+    config = TrainConfig.build(str(path), data="d.root", out="o", epochs=5)
+    assert config.epochs == 5 and config.lam == 0.5 and config.model == "tiny"
+    path.write_text(json.dumps({"modle": "tiny"}))
+    with pytest.raises(ConfigError, match="unknown keys \\['modle'\\]"):
+        TrainConfig.build(str(path), data="d", out="o")
+    with pytest.raises(ConfigError, match="'regularizer' is 'gan'"):
+        TrainConfig(data="d", out="o", regularizer="gan")
+    with pytest.raises(ConfigError, match="'data' is missing"):
+        TrainConfig.build(None, out="o")
+
+
+def test_ddp_two_processes_on_cpu(tiny_file, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "zdc_sim", "train", "--data", str(tiny_file),
+         "--out", str(out), "--model", "tiny", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--quiet"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, meta = checkpoint.load(out / "last.safetensors")
+    assert meta["world_size"] == 2
+    # 160 entries minus validation particles, split over 2 processes of 8: steps per epoch
+    assert meta["progress"]["epoch"] == 2 and meta["progress"]["step"] > 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -1,0 +1,93 @@
+"""The training configuration: one frozen dataclass, read from a JSON file and/or CLI flags."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from zdc_sim.errors import ZdcError
+from zdc_sim.models import SIZES
+from zdc_sim.regularizers import NAMES as REGULARIZERS
+from zdc_sim.regularizers import WEIGHT_KINDS
+
+
+class ConfigError(ZdcError):
+    """A training configuration value is missing or out of range."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str  # training ROOT file (standard schema)
+    out: str  # run folder: checkpoints, metrics.jsonl, plots
+    val_data: str | None = None  # held-out ROOT file; default: val_fraction of the particles of `data`
+    model: str = "base"  # a size of zdc_sim.models.SIZES
+    epochs: int = 30
+    batch_size: int = 128  # per process
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    regularizer: str = "sdi"  # 'sdi' or 'none' (the plain conditional GAN)
+    lam: float = 1.0  # weight of the regularizer in the generator loss
+    sdi_weight: str = "absolute"  # 'absolute' (as published) or 'relative' spread per particle
+    sdi_space: str = "image"  # where SDI measures d_x: 'image' or discriminator 'embedding'
+    r1_gamma: float = 1.0  # zero-centred gradient penalty on real images (0 disables)
+    r1_every: int = 4  # apply it every this many discriminator steps (lazy regularisation)
+    seed: int = 0
+    val_fraction: float = 0.1
+    val_particles: int = 1000  # particles evaluated each epoch
+    val_samples: int = 10  # generated samples per particle for selectivity (M)
+    checkpoint_every: int = 0  # also save the resumable state every N steps (0: at epoch ends)
+    max_entries: int | None = None  # read at most this many entries of `data` (quick runs)
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads; default: torch's choice
+    plots: bool = True
+
+    def __post_init__(self):
+        checks = [
+            ("model", self.model in SIZES, f"one of {sorted(SIZES)}"),
+            ("regularizer", self.regularizer in REGULARIZERS, f"one of {list(REGULARIZERS)}"),
+            ("sdi_weight", self.sdi_weight in WEIGHT_KINDS, f"one of {list(WEIGHT_KINDS)}"),
+            ("sdi_space", self.sdi_space in ("image", "embedding"), "'image' or 'embedding'"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 2, ">= 2"),
+            ("lam", self.lam >= 0, ">= 0"),
+            ("r1_gamma", self.r1_gamma >= 0, ">= 0"),
+            ("r1_every", self.r1_every >= 1, ">= 1"),
+            ("val_fraction", 0 < self.val_fraction < 1 or self.val_data is not None, "in (0, 1)"),
+            ("val_samples", self.val_samples >= 2, ">= 2"),
+            ("val_particles", self.val_particles >= 3, ">= 3"),
+            ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"training config: '{name}' is {getattr(self, name)!r}; expected {expected}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def build(cls, file: str | None = None, **overrides) -> "TrainConfig":
+        """Values from a JSON file, then the non-None overrides (CLI flags) on top."""
+        values: dict = {}
+        if file is not None:
+            try:
+                values = json.loads(Path(file).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"training config file '{file}' cannot be read: {exc}; expected a JSON object") from None
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(values) - known)
+            if not isinstance(values, dict) or unknown:
+                raise ConfigError(f"training config file '{file}': unknown keys {unknown}; expected keys among {sorted(known)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for required in ("data", "out"):
+            if required not in values:
+                raise ConfigError(f"training config: '{required}' is missing; give it in the file or as --{required}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"training config: {exc}") from None
+
+    def with_(self, **changes) -> "TrainConfig":
+        return replace(self, **changes)

@@ -1,0 +1,304 @@
+"""The GAN training loop: single process, or data-parallel under torchrun (DDP, gloo on CPU,
+nccl on CUDA).
+
+Each step: one discriminator step (non-saturating loss, lazy R1 penalty on real images), then one
+generator step (adversarial loss + lambda * regularizer on two samples per condition). After each
+epoch rank 0 validates with the metrics protocol, logs a JSON line, keeps the best generator (by
+validation mean WS) and writes the resumable state. Everything random comes from generators
+seeded by (seed, epoch) or saved in the state, so a resumed run on CPU ends with the same weights
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from zdc_sim import __version__, checkpoint, regularizers
+from zdc_sim.features import Standardizer
+from zdc_sim.models import SIZES, Discriminator, Generator
+from zdc_sim.simulator import Simulator, pick_device
+
+from . import data as training_data
+from .config import ConfigError, TrainConfig
+from .evaluate import evaluate_particles
+
+BEST, LAST, LOG = "best.safetensors", "last.safetensors", "metrics.jsonl"
+VALIDATION_SEED = 12345  # latents of validation: the same every epoch so epochs compare fairly
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed within the current epoch
+    step: int = 0  # optimisation steps in total
+    best_ws: float = float("inf")
+    history: list = field(default_factory=list)
+
+
+@contextmanager
+def _distributed(device_kind: str):
+    """Initialise the process group when run under torchrun; yields (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield 0, 1
+        return
+    dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    try:
+        yield dist.get_rank(), world
+    finally:
+        dist.destroy_process_group()
+
+
+def _device_for(config: TrainConfig) -> torch.device:
+    device = pick_device(config.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device
+
+
+def train(config: TrainConfig, progress_bar: bool = True) -> Path:
+    """Run (or resume, if the run folder holds a resumable state) training; returns the best
+    checkpoint's path."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device_for(config)
+    with _distributed(device.type) as (rank, world):
+        return _Run(config, device, rank, world, progress_bar).fit()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, device: torch.device, rank: int, world: int, progress_bar: bool):
+        self.config, self.device, self.rank, self.world = config, device, rank, world
+        self.out = Path(config.out)
+        self.progress_bar = progress_bar and rank == 0
+        torch.manual_seed(config.seed)
+        full = training_data.load(config.data, config.max_entries)
+        if config.val_data is not None:
+            self.train_set, val = full, training_data.load(config.val_data)
+        else:
+            held = training_data.split_by_particle(full.particle_id, config.val_fraction, config.seed)
+            self.train_set, val = full.subset(~held), full.subset(held)
+        self.validation = _validation_arrays(val, config.val_particles)
+        self.standardizer = Standardizer.fit(self.train_set.features)
+        self.x_train = torch.from_numpy(self.standardizer.transform(self.train_set.features))
+        ids, weights = regularizers.diversity_weights(self.train_set.particle_id, self.train_set.log_images,
+                                                      config.sdi_weight)
+        self.weights = torch.from_numpy(weights[np.searchsorted(ids, self.train_set.particle_id)]).float()
+
+        model_config = SIZES[config.model]
+        self.generator, self.discriminator = Generator(model_config), Discriminator(model_config)
+        self.generator.conditioner.fit(self.standardizer, self.train_set.features)
+        self.discriminator.conditioner.load_state_dict(self.generator.conditioner.state_dict())
+        self.generator.to(device)
+        self.discriminator.to(device)
+        self.regularizer = regularizers.make(config.regularizer, space=config.sdi_space)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas)
+        self.latents = torch.Generator().manual_seed(config.seed * 1000 + rank)
+        self.fingerprint = checkpoint.file_fingerprint(config.data)
+        self.state = Progress()
+        if (self.out / LAST).exists():
+            self._load_state(self.out / LAST)
+        if world > 1:
+            ddp_args = {"device_ids": [device.index]} if device.type == "cuda" else {}
+            self.g_step_model = DistributedDataParallel(self.generator, **ddp_args)
+            self.d_step_model = DistributedDataParallel(self.discriminator, **ddp_args)
+        else:
+            self.g_step_model, self.d_step_model = self.generator, self.discriminator
+
+    # --- the loop --------------------------------------------------------------------------
+    def fit(self) -> Path:
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        n_batches = len(self.train_set) // self.world // config.batch_size
+        if n_batches == 0:
+            raise ConfigError(f"training set has {len(self.train_set)} entries, fewer than one batch of "
+                              f"{config.batch_size} per process x {self.world} processes; expected more data")
+        while self.state.epoch < config.epochs:
+            epoch = self.state.epoch
+            order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+            order = order[self.rank :: self.world]
+            sums, first = np.zeros(3), self.state.batch
+            bar = tqdm(range(first, n_batches), desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not self.progress_bar, unit="step", leave=False)
+            started = time.perf_counter()
+            for b in bar:
+                losses = self._step(order[b * config.batch_size : (b + 1) * config.batch_size])
+                sums += losses
+                self.state.batch, self.state.step = b + 1, self.state.step + 1
+                bar.set_postfix(d=f"{losses[0]:.3f}", g=f"{losses[1]:.3f}", reg=f"{losses[2]:.3f}")
+                if config.checkpoint_every and self.state.step % config.checkpoint_every == 0 and b + 1 < n_batches:
+                    self._save_state()
+            self._end_epoch(sums / max(1, n_batches - first), time.perf_counter() - started)
+        if self.rank == 0 and config.plots:
+            from .plots import write_plots
+
+            write_plots(self.out, Simulator.load(self.out / BEST, device=self.device), self.validation, self.history())
+        return self.out / BEST
+
+    def _step(self, index: torch.Tensor) -> np.ndarray:
+        config, device = self.config, self.device
+        real = self.train_set.log_images[index].to(device)
+        x = self.x_train[index].to(device)
+        batch = len(index)
+        latent = self.generator.config.latent_dim
+
+        # Discriminator.
+        self.discriminator.requires_grad_(True)
+        z = torch.randn(batch, latent, generator=self.latents).to(device)
+        with torch.no_grad():
+            fake = self.generator(z, x)
+        logits, _ = self.d_step_model(torch.cat([real, fake]), torch.cat([x, x]))
+        loss_d = F.softplus(-logits[:batch]).mean() + F.softplus(logits[batch:]).mean()
+        if config.r1_gamma > 0 and self.state.step % config.r1_every == 0:
+            real_grad = real.detach().requires_grad_(True)
+            out, _ = self.discriminator(real_grad, x)
+            (grad,) = torch.autograd.grad(out.sum(), real_grad, create_graph=True)
+            loss_d = loss_d + config.r1_gamma / 2 * config.r1_every * grad.pow(2).flatten(1).sum(1).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # Generator (two samples per condition when the regularizer compares them).
+        self.discriminator.requires_grad_(False)
+        pair = self.regularizer.needs_pair
+        z1 = torch.randn(batch, latent, generator=self.latents).to(device)
+        z2 = torch.randn(batch, latent, generator=self.latents).to(device) if pair else None
+        zz, xx = (torch.cat([z1, z2]), torch.cat([x, x])) if pair else (z1, x)
+        fakes = self.g_step_model(zz, xx)
+        logits, embedding = self.discriminator(fakes, xx)
+        loss_adv = F.softplus(-logits).mean()
+        loss_reg = torch.zeros((), device=device)
+        if pair:
+            e1, e2 = embedding.split(batch) if self.regularizer.uses_embedding else (None, None)
+            f1, f2 = fakes.split(batch)
+            loss_reg = self.regularizer(regularizers.DiversityPair(
+                z1, z2, f1, f2, self.weights[index].to(device), e1, e2))
+        loss_g = loss_adv + config.lam * loss_reg
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return np.array([loss_d.item(), loss_adv.item(), loss_reg.item()])
+
+    def _end_epoch(self, mean_losses: np.ndarray, seconds: float) -> None:
+        self.state.epoch += 1
+        self.state.batch = 0
+        if self.rank == 0:
+            report = self.validate()
+            record = {"epoch": self.state.epoch, "step": self.state.step, "seconds": round(seconds, 2),
+                      "loss_d": float(mean_losses[0]), "loss_g_adv": float(mean_losses[1]),
+                      "loss_reg": float(mean_losses[2]), "val": report}
+            self.state.history.append(record)
+            with open(self.out / LOG, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if report["ws_mean"] < self.state.best_ws:
+                self.state.best_ws = report["ws_mean"]
+                checkpoint.save(self.out / BEST, checkpoint.prefixed("generator", self.generator.state_dict()),
+                                self._metadata(validation=report, epoch=self.state.epoch))
+            if self.progress_bar:
+                tqdm.write(f"epoch {self.state.epoch}: loss_d {mean_losses[0]:.3f} loss_g {mean_losses[1]:.3f} "
+                           f"reg {mean_losses[2]:.3f} | val WS {report['ws_mean']:.1f} "
+                           f"({report['ratio_to_floor']:.2f}x floor) calibration {report['calibration']:.3f} "
+                           f"bias had {report['spread_bias']['hadronic']:+.2f} "
+                           f"EM {report['spread_bias']['electromagnetic']:+.2f}")
+        self._save_state()
+        if self.world > 1:
+            self._check_replicas()
+
+    def validate(self) -> dict:
+        feats, pdg, channels = self.validation["features"], self.validation["pdg"], self.validation["channels"]
+        # A copy: the Simulator changes the memory layout of its generator, which would change the
+        # float rounding of the training steps that follow (and break exact resumption).
+        simulator = Simulator(copy.deepcopy(self.generator), self.standardizer, device=self.device)
+        return evaluate_particles(simulator, feats, pdg, channels, self.config.val_samples, VALIDATION_SEED)
+
+    def history(self) -> list:
+        return self.state.history
+
+    def _check_replicas(self) -> None:
+        """DDP keeps replicas identical; verify it, since a silent divergence would waste a run."""
+        total = torch.stack([p.detach().double().sum() for p in self.generator.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(total) for _ in range(self.world)]
+        dist.all_gather(gathered, total.to(self.device))
+        values = torch.cat(gathered)
+        if not torch.allclose(values, values[0].expand_as(values)):
+            raise RuntimeError(f"DDP replicas diverged: generator parameter sums {values.tolist()}")
+
+    # --- state -----------------------------------------------------------------------------
+    def _metadata(self, **extra) -> dict:
+        return {"model": self.generator.config.to_dict(), "model_size": self.config.model,
+                "training": self.config.to_dict(), "standardizer": self.standardizer.to_dict(),
+                "dataset_fingerprint": self.fingerprint, "world_size": self.world,
+                "torch_version": torch.__version__, **extra}
+
+    def _save_state(self) -> None:
+        if self.rank != 0:
+            return
+        tensors = {**checkpoint.prefixed("generator", self.generator.state_dict()),
+                   **checkpoint.prefixed("discriminator", self.discriminator.state_dict()),
+                   "rng.latents": self.latents.get_state()}
+        optimizers = {}
+        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
+            state = opt.state_dict()
+            for index, values in state["state"].items():
+                for key, value in values.items():
+                    tensors[f"{name}.{index}.{key}"] = value
+            optimizers[name] = state["param_groups"]
+        progress = {"epoch": self.state.epoch, "batch": self.state.batch, "step": self.state.step,
+                    "best_ws": self.state.best_ws if np.isfinite(self.state.best_ws) else None,
+                    "history": self.state.history}
+        checkpoint.save(self.out / LAST, tensors, self._metadata(progress=progress, optimizers=optimizers))
+
+    def _load_state(self, path: Path) -> None:
+        tensors, meta = checkpoint.load(path, device=self.device)
+        if meta["dataset_fingerprint"] != self.fingerprint:
+            raise ConfigError(f"cannot resume from '{path}': it was trained on dataset {meta['dataset_fingerprint']}, "
+                              f"but '{self.config.data}' is {self.fingerprint}; expected the same file")
+        previous = {k: v for k, v in meta["training"].items() if k not in ("epochs", "device", "threads", "plots")}
+        current = {k: v for k, v in self.config.to_dict().items() if k in previous}
+        changed = sorted(k for k in previous if previous[k] != current[k])
+        if changed:
+            raise ConfigError(f"cannot resume from '{path}': config differs in {changed}; expected the same config "
+                              "(only epochs, device, threads and plots may change)")
+        self.generator.load_state_dict(checkpoint.unprefixed("generator", tensors))
+        self.discriminator.load_state_dict(checkpoint.unprefixed("discriminator", tensors))
+        self.latents.set_state(tensors["rng.latents"].cpu())
+        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
+            state: dict = {}
+            for key, value in tensors.items():
+                if key.startswith(name + "."):
+                    _, index, field_name = key.split(".", 2)
+                    state.setdefault(int(index), {})[field_name] = value
+            opt.load_state_dict({"state": state, "param_groups": meta["optimizers"][name]})
+        progress = meta["progress"]
+        self.state = Progress(progress["epoch"], progress["batch"], progress["step"],
+                              progress["best_ws"] if progress["best_ws"] is not None else float("inf"),
+                              progress["history"])
+
+
+def _validation_arrays(val: training_data.Dataset, max_particles: int) -> dict:
+    """Group the validation entries by particle: features (P, 9), pdg (P,), channels (P, K, 5),
+    and a few particles' real images for the plots."""
+    from zdc_sim.metrics import group_repeats
+
+    index = np.arange(len(val))
+    _, (feats, pdg, channels, rows) = group_repeats(val.particle_id, val.features, val.pdg, val.channels, index)
+    feats, pdg, channels, rows = (a[:max_particles] for a in (feats, pdg, channels, rows))
+    return {"features": feats[:, 0], "pdg": pdg[:, 0], "channels": channels,
+            "images": torch.expm1(val.log_images[torch.as_tensor(rows[:8].ravel())]).numpy().reshape(
+                len(rows[:8]), rows.shape[1], 44, 44)}
