@@ -36,9 +36,12 @@ default-model: $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 3000 --repeats 4 --seed 2 --out $(HELDOUT) --quiet
 	$(BIN)/zdc-sim train --config training/configs/default.json --data $(DATASET) --out runs/sdi --quiet
 	$(BIN)/zdc-sim train --config training/configs/default.json --data $(DATASET) --out runs/none --regularizer none --quiet
+	$(BIN)/zdc-sim train --config training/configs/default.json --data $(DATASET) --out runs/sdi-relative --sdi-weight relative --quiet
 	cp runs/sdi/best.safetensors $(MODEL_DIR)/model.safetensors
 	$(BIN)/zdc-sim evaluate --data $(HELDOUT) --ceiling --json > $(MODEL_DIR)/evaluation.txt
-	$(BIN)/zdc-sim evaluate --checkpoint runs/none/best.safetensors --data $(HELDOUT) --ceiling --json > runs/none/evaluation.txt
+	for run in none sdi-relative; do \
+		$(BIN)/zdc-sim evaluate --checkpoint runs/$$run/best.safetensors --data $(HELDOUT) --ceiling --json > runs/$$run/evaluation.txt; \
+	done
 
 clean:
 	rm -rf $(VENV) bench/out

@@ -29,6 +29,15 @@ def test_discriminator_returns_logit_and_embedding():
     torch.testing.assert_close(disc.embed(gen(torch.zeros(2, 10), x[:2])), disc(gen(torch.zeros(2, 10), x[:2]), x[:2])[1])
 
 
+def test_generator_total_head_sets_the_scale():
+    gen, _, x, _ = _fitted()
+    gen.set_total_scale(np.log(5000.0))
+    with torch.no_grad():
+        gen.total[-1].weight.zero_()  # total = exp(bias) exactly
+        counts = torch.expm1(gen(torch.randn(len(x), 10), x)).sum((1, 2, 3))
+    torch.testing.assert_close(counts, torch.full_like(counts, 5000.0), rtol=2e-3, atol=0)
+
+
 def test_conditioner_standardises_derived_quantities():
     gen, _, x, raw = _fitted(n=2000)
     cond = gen.conditioner(x).double()
@@ -43,5 +52,6 @@ def test_flops_count_matches_layer_arithmetic():
     c = ModelConfig(latent_dim=10, width=16, hidden=256)
     dense = (10 + 15) * 256 + 256 * 256 + 256 * 64 * 121
     convs = 121 * 64 * 32 * 16 + 484 * 32 * 16 * 16 + 1936 * 16 * 1 * 9
-    assert generator_flops_per_sample(c) == 2 * (dense + convs)
+    total_head = (10 + 15) * 128 + 128 * 128 + 128
+    assert generator_flops_per_sample(c) == 2 * (dense + convs + total_head)
     assert generator_flops_per_sample(SIZES["small"]) < generator_flops_per_sample(SIZES["base"])

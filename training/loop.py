@@ -103,6 +103,7 @@ class _Run:
         self.generator, self.discriminator = Generator(model_config), Discriminator(model_config)
         self.generator.conditioner.fit(self.standardizer, self.train_set.features)
         self.discriminator.conditioner.load_state_dict(self.generator.conditioner.state_dict())
+        self.generator.set_total_scale(np.log1p(self.train_set.channels.sum(1)).mean())
         self.generator.to(device)
         self.discriminator.to(device)
         self.regularizer = regularizers.make(config.regularizer, space=config.sdi_space)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .features import INDEX, N_FEATURES, Standardizer
@@ -93,25 +94,42 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class Generator(nn.Module):
-    """(latent (N, latent_dim), standardised features (N, 9)) -> log(1 + counts) (N, 1, 44, 44)."""
+    """(latent (N, latent_dim), standardised features (N, 9)) -> log(1 + counts) (N, 1, 44, 44).
+
+    The response is factorised as total counts x shape: a small head predicts the log of the total
+    from (latent, condition), the convolutional stack a shape (a softmax over the 1936 fibres). The
+    total decides the channel sums that the fidelity metric compares, and its fluctuation from one
+    latent to the next is the per-particle diversity SDI is about; as a direct output it is learned
+    far faster than a total implied by 1936 pixel intensities. Non-negative by construction.
+    """
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
         w, h = config.width, config.hidden
         self.conditioner = Conditioner()
-        self.dense = nn.Sequential(_mlp([config.latent_dim + CONDITION_DIM, h, h, 4 * w * COARSE * COARSE]), nn.LeakyReLU(0.2))
+        inputs = config.latent_dim + CONDITION_DIM
+        self.dense = nn.Sequential(_mlp([inputs, h, h, 4 * w * COARSE * COARSE]), nn.LeakyReLU(0.2))
         self.upsample = nn.Sequential(
             nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 22 x 22
             nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 44 x 44
-            nn.Conv2d(w, 1, 3, padding=1), nn.ReLU(),  # counts are never negative
+            nn.Conv2d(w, 1, 3, padding=1),  # shape logits
         )
+        self.total = _mlp([inputs, h // 2, h // 2, 1])  # log total counts
+
+    @torch.no_grad()
+    def set_total_scale(self, mean_log_total: float) -> None:
+        """Start the total head at the training set's mean log total (a wide dynamic range)."""
+        self.total[-1].bias.fill_(float(mean_log_total))
 
     def forward(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        h = self.dense(torch.cat([z, self.conditioner(features)], 1)).view(-1, 4 * self.config.width, COARSE, COARSE)
+        inputs = torch.cat([z, self.conditioner(features)], 1)
+        h = self.dense(inputs).view(-1, 4 * self.config.width, COARSE, COARSE)
         if self.upsample[0].weight.is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)  # see Simulator: faster CPU kernels
-        return self.upsample(h)
+        log_shape = torch.log_softmax(self.upsample(h).reshape(len(h), -1), dim=1)
+        log_counts = self.total(inputs) + log_shape
+        return F.softplus(log_counts).view(-1, 1, GRID, GRID)  # log(1 + exp(log counts))
 
 
 class Discriminator(nn.Module):
@@ -149,6 +167,7 @@ def generator_flops_per_sample(config: ModelConfig = ModelConfig()) -> int:
     model = Generator(config)
     macs = 0
     size = COARSE
+    macs += sum(m.in_features * m.out_features for m in model.total.modules() if isinstance(m, nn.Linear))
     for module in list(model.dense.modules()) + list(model.upsample.modules()):
         if isinstance(module, nn.Linear):
             macs += module.in_features * module.out_features
