@@ -116,6 +116,9 @@ class Generator(nn.Module):
             nn.Conv2d(w, 1, 3, padding=1),  # shape logits
         )
         self.total = _mlp([inputs, h // 2, h // 2, 1])  # log total counts
+        # Start collapsed (the total ignores the latent): diversity is then something training must
+        # add where the data has it, instead of random initial noise it must remove where it has not.
+        nn.init.zeros_(self.total[-1].weight)
 
     @torch.no_grad()
     def set_total_scale(self, mean_log_total: float) -> None:
