@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml requirements.lock
 run: $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 20000 --repeats 4 --seed 1 --out $(DATASET)
 	$(BIN)/zdc-sim data inspect $(DATASET)
+	$(BIN)/zdc-sim data generate --particles 3000 --repeats 4 --seed 2 --out $(HELDOUT)
+	$(BIN)/zdc-sim evaluate --data $(HELDOUT) --ceiling
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -36,6 +36,9 @@ def save(path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
     try:
         save_file(contiguous, tmp, metadata={_METADATA_KEY: json.dumps(header)})
         with open(tmp, "rb") as f:
