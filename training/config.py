@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from zdc_sim.errors import ZdcError
@@ -88,6 +88,3 @@ class TrainConfig:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"training config: {exc}") from None
-
-    def with_(self, **changes) -> "TrainConfig":
-        return replace(self, **changes)

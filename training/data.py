@@ -17,30 +17,31 @@ class Dataset:
     features: np.ndarray  # (N, 9) float32, raw units
     pdg: np.ndarray  # (N,) int32
     particle_id: np.ndarray  # (N,) int64
-    log_images: torch.Tensor  # (N, 1, 44, 44) float32, log(1 + counts)
+    log_images: torch.Tensor | None  # (N, 1, 44, 44) float32, log(1 + counts); None if not loaded
     channels: np.ndarray  # (N, 5) float64 channel sums of the counts
 
     def __len__(self) -> int:
         return len(self.pdg)
 
     def subset(self, mask: np.ndarray) -> "Dataset":
-        index = torch.as_tensor(np.flatnonzero(mask))
-        return Dataset(self.features[mask], self.pdg[mask], self.particle_id[mask],
-                       self.log_images[index], self.channels[mask])
+        images = None if self.log_images is None else self.log_images[torch.as_tensor(np.flatnonzero(mask))]
+        return Dataset(self.features[mask], self.pdg[mask], self.particle_id[mask], images, self.channels[mask])
 
 
-def load(path, max_entries: int | None = None) -> Dataset:
-    """Read a standard-schema ROOT file chunk by chunk (validated by zdc_sim.io)."""
+def load(path, max_entries: int | None = None, schema: io.Schema = io.Schema(), images: bool = True) -> Dataset:
+    """Read a ROOT file chunk by chunk (validated by zdc_sim.io). `images=False` keeps only the
+    channel sums of the responses, for evaluation sets that need no pixels."""
     parts = {k: [] for k in ("features", "pdg", "particle_id", "images", "channels")}
     seen = 0
-    for chunk in io.iterate(path):
+    for chunk in io.iterate(path, schema):
         if max_entries is not None:
             chunk = {k: v[: max_entries - seen] for k, v in chunk.items()}
         counts = chunk[io.RESPONSE]
         parts["features"].append(chunk[io.FEATURES])
         parts["pdg"].append(chunk[io.PDG])
         parts["particle_id"].append(chunk[io.PARTICLE_ID])
-        parts["images"].append(torch.from_numpy(np.log1p(counts))[:, None])
+        if images:
+            parts["images"].append(torch.from_numpy(np.log1p(counts))[:, None])
         parts["channels"].append(channel_sums(counts))
         seen += len(counts)
         if max_entries is not None and seen >= max_entries:
@@ -48,7 +49,7 @@ def load(path, max_entries: int | None = None) -> Dataset:
     if seen == 0:
         raise io.RootFileError("no entries", file=path, tree=io.TREE, expected="at least one entry", found="0")
     return Dataset(np.concatenate(parts["features"]), np.concatenate(parts["pdg"]),
-                   np.concatenate(parts["particle_id"]), torch.cat(parts["images"]),
+                   np.concatenate(parts["particle_id"]), torch.cat(parts["images"]) if images else None,
                    np.concatenate(parts["channels"]))
 
 

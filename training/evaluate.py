@@ -13,6 +13,8 @@ import numpy as np
 from zdc_sim import geometry, io, metrics, reference
 from zdc_sim.simulator import Simulator
 
+from .data import load
+
 DEFAULT_SAMPLES = 10
 
 
@@ -45,15 +47,8 @@ def _scores(real_channels, generated_channels, pdg) -> dict:
 
 def load_particles(path, max_particles: int | None = None, schema: io.Schema = io.Schema()):
     """(features (P, 9), pdg (P,), channels (P, K, 5)) of a file, read in chunks (images are not kept)."""
-    parts = {k: [] for k in ("features", "pdg", "particle_id", "channels")}
-    for chunk in io.iterate(path, schema):
-        parts["features"].append(chunk[io.FEATURES])
-        parts["pdg"].append(chunk[io.PDG])
-        parts["particle_id"].append(chunk[io.PARTICLE_ID])
-        parts["channels"].append(geometry.channel_sums(chunk[io.RESPONSE]))
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    _, (feats, pdg, channels) = metrics.group_repeats(arrays["particle_id"], arrays["features"], arrays["pdg"],
-                                                      arrays["channels"])
+    data = load(path, schema=schema, images=False)
+    _, (feats, pdg, channels) = metrics.group_repeats(data.particle_id, data.features, data.pdg, data.channels)
     if max_particles is not None:
         feats, pdg, channels = feats[:max_particles], pdg[:max_particles], channels[:max_particles]
     return feats[:, 0], pdg[:, 0], channels

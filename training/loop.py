@@ -149,7 +149,7 @@ class _Run:
         if self.rank == 0 and config.plots:
             from .plots import write_plots
 
-            write_plots(self.out, Simulator.load(self.out / BEST, device=self.device), self.validation, self.history())
+            write_plots(self.out, Simulator.load(self.out / BEST, device=self.device), self.validation, self.state.history)
         return self.out / BEST
 
     def _step(self, index: torch.Tensor) -> np.ndarray:
@@ -227,9 +227,6 @@ class _Run:
         # float rounding of the training steps that follow (and break exact resumption).
         simulator = Simulator(copy.deepcopy(self.generator), self.standardizer, device=self.device)
         return evaluate_particles(simulator, feats, pdg, channels, self.config.val_samples, VALIDATION_SEED)
-
-    def history(self) -> list:
-        return self.state.history
 
     def _check_replicas(self) -> None:
         """DDP keeps replicas identical; verify it, since a silent divergence would waste a run."""

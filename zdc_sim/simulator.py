@@ -48,7 +48,7 @@ class Simulator:
     """A trained generator with its feature standardisation. Use `Simulator.load(path)`."""
 
     def __init__(self, generator: Generator, standardizer: features.Standardizer, *, device=None,
-                 bf16: bool = False, batch_size: int = DEFAULT_BATCH, intensity_scale: float = 1.0,
+                 bf16: bool = False, batch_size: int = DEFAULT_BATCH,
                  metadata: dict | None = None):
         self.device = pick_device(device)
         if bf16 and self.device.type != "cuda":
@@ -59,7 +59,6 @@ class Simulator:
         self.generator = generator.to(self.device).to(memory_format=torch.channels_last).eval()
         self.standardizer = standardizer
         self.bf16, self.batch_size = bf16, batch_size
-        self.intensity_scale = float(intensity_scale)
         self.metadata = metadata or {}
 
     @classmethod
@@ -77,7 +76,7 @@ class Simulator:
                 f"{str(exc)[:300]}); expected the 'model', 'standardizer' metadata and 'generator.*' tensors"
             ) from None
         return cls(generator, standardizer, device=device, bf16=bf16, batch_size=batch_size,
-                   intensity_scale=meta.get("intensity_scale", 1.0), metadata=meta)
+                   metadata=meta)
 
     @property
     def latent_dim(self) -> int:
@@ -106,5 +105,4 @@ class Simulator:
         z, x = z.to(self.device, non_blocking=True), x.to(self.device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             log_counts = self.generator(z, x)
-        counts = torch.expm1(log_counts[:, 0].float())
-        return counts * self.intensity_scale if self.intensity_scale != 1.0 else counts
+        return torch.expm1(log_counts[:, 0].float())
