@@ -1,6 +1,9 @@
+import math
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from zdc_sim import regularizers
 from zdc_sim.regularizers import SDI, DiversityPair, diversity_weights
@@ -40,8 +43,8 @@ def test_sdi_embedding_space_and_make():
     assert SDI("embedding")(pair).item() == pytest.approx(1.0 / (3.0 + regularizers.DISTANCE_EPS))
     assert regularizers.make("none")(pair).item() == 0.0
     assert not regularizers.make("none").needs_pair and regularizers.make("sdi", space="embedding").uses_embedding
-    with pytest.raises(ValueError, match="unknown regularizer 'ms'"):
-        regularizers.make("ms")
+    with pytest.raises(ValueError, match="unknown regularizer 'msgan'"):
+        regularizers.make("msgan")
     with pytest.raises(ValueError, match="space"):
         SDI("pixels")
 
@@ -70,3 +73,109 @@ def test_relative_weights_ignore_nearly_empty_responses():
     assert relative.tolist()[0] == 0.0 and relative[1] == 1.0 and 0 < relative[2] < 0.1
     with pytest.raises(ValueError, match="unknown diversity weight"):
         diversity_weights(ids, images, "energy")
+
+
+def test_mode_seeking_by_hand():
+    f1, f2 = torch.zeros(2, 3), torch.full((2, 3), 0.5)
+    value = regularizers.make("ms")(_pair(f1, f2, [1.0, 1.0]))  # |z1 - z2| = 1: ratio 0.5
+    assert value.item() == pytest.approx(1 / (0.5 + 1e-5), rel=1e-6)
+    assert regularizers.make("ms", eps=0.5)(_pair(f1, f2, [0.0, 0.0])).item() == pytest.approx(1.0)
+
+
+def test_diversity_penalty_by_hand():
+    pair = _pair(torch.zeros(1, 2), torch.zeros(1, 2), [1.0], z1=torch.tensor([[1.0, 0.0]]), z2=torch.tensor([[0.0, 1.0]]))
+    pair.embed1, pair.embed2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+    s5 = 1 / (1 + math.exp(-5))
+    # G_z: sigmoid(5) on the diagonal, sigmoid(0) = 0.5 off it; G_f: sigmoid(5) everywhere
+    assert regularizers.make("dp")(pair).item() == pytest.approx((2 + 2 * s5 / 0.5) / 4, rel=1e-6)
+    assert regularizers.make("dp").default_weight == 5.0
+
+
+def test_normalized_diversification_by_hand():
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])
+    ndiv = regularizers.make("ndiv")
+    collapsed = _pair(torch.ones(2, 2), torch.ones(2, 2), [1.0, 1.0], z1=z[:2], z2=z[2:])
+    # D^x = 0: every normalised D^z row sums to 1, so the term is 0.8 * 4 rows / (4 * 3)
+    assert ndiv(collapsed).item() == pytest.approx(0.8 * 4 / 12, rel=1e-6)
+    faithful = _pair(z[:2] * 3, z[2:] * 3, [1.0, 1.0], z1=z[:2], z2=z[2:])
+    assert ndiv(faithful).item() == 0.0  # same geometry: alpha D^z < D^x everywhere
+    assert regularizers.make("ndiv", alpha=1.0)(faithful).item() == pytest.approx(0.0, abs=1e-7)
+
+
+class _Identity(nn.Module):
+    def forward(self, x, c):
+        return x
+
+
+def test_iid_by_hand():
+    z1 = torch.zeros(1, 1)
+    pair = DiversityPair(z1, None, z1 + 1.0, None, torch.ones(1), condition=torch.zeros(1, 0), real=torch.full((1, 1), 2.0))
+    iid = regularizers.make("iid", encoder=_Identity())
+    kernel = sum(math.exp(-4.0 / (2 * b * b)) for b in (0.5, 1.0, 2.0))  # real at 2, source at 0
+    assert iid(pair).item() == pytest.approx(1.0 + 3 + 3 - 2 * kernel, rel=1e-6)
+    assert not iid.needs_pair and iid.uses_real
+    with pytest.raises(ValueError, match="needs an encoder"):
+        regularizers.make("iid")
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match=r"got options \['beta'\]; expected only \['alpha'\]"):
+        regularizers.make("ndiv", beta=1.0)
+    with pytest.raises(ValueError, match="'alpha' is -1"):
+        regularizers.make("ndiv", alpha=-1)
+
+
+class _Collapsing(nn.Module):
+    """G(z) = a * (first latent only) + b: a nearly collapsed generator whose diversity is a."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(0.1))
+        self.b = torch.tensor([3.0, 3.0, 3.0])
+
+    def forward(self, z):
+        return self.a * z[:, :1] * torch.tensor([1.0, 0.5, -1.0]) + self.b
+
+
+@pytest.mark.parametrize("name", ["sdi", "ms", "dp", "ndiv"])
+def test_each_term_pushes_a_collapsed_generator_towards_diversity(name):
+    torch.manual_seed(0)
+    g = _Collapsing()
+    z1, z2 = torch.randn(16, 4), torch.randn(16, 4)
+    f1, f2 = g(z1), g(z2)
+    pair = DiversityPair(z1, z2, f1, f2, torch.ones(16), embed1=f1, embed2=f2)
+    regularizers.make(name)(pair).backward()
+    assert g.a.grad < 0  # gradient descent raises a: the samples move apart
+
+
+def test_iid_trains_its_encoder_and_spreads_a_collapsed_generator_like_the_data():
+    """IID acts through its encoder: pinned by the MMD to map real data (spread ~1) onto N(0, I),
+    it can only invert the generator once the generator spreads its samples like the data."""
+    torch.manual_seed(0)
+    g = _Collapsing()
+    iid = regularizers.make("iid", encoder=_Conditional(nn.Linear(3, 4)))
+    opt = torch.optim.Adam(list(g.parameters()) + list(iid.parameters()), lr=0.02)
+    for _ in range(300):
+        z = torch.randn(64, 4)
+        real = torch.randn(64, 1) * torch.tensor([1.0, 0.5, -1.0]) + 3.0  # the data: a = 1
+        loss = iid(DiversityPair(z, None, g(z), None, torch.ones(64), condition=torch.zeros(64, 0), real=real))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert 0.3 < abs(g.a.item()) < 1.5  # from 0.1 towards the data's 1
+
+
+class _Conditional(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, c):
+        return self.net(x)
+
+
+def test_sdi_leaves_zero_weight_conditions_alone():
+    g = _Collapsing()
+    z1, z2 = torch.randn(8, 4), torch.randn(8, 4)
+    SDI()(DiversityPair(z1, z2, g(z1), g(z2), torch.zeros(8))).backward()
+    assert g.a.grad == 0

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -143,3 +144,32 @@ def test_ddp_two_processes_on_cpu(tiny_file, tmp_path):
     # 160 entries minus validation particles, split over 2 processes of 8: steps per epoch
     assert meta["progress"]["epoch"] == 2 and meta["progress"]["step"] > 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("method", ["ms", "dp", "ndiv", "iid"])
+def test_every_regularizer_trains_with_finite_losses(tiny_file, tmp_path, method):
+    out = tmp_path / method
+    loop.train(_config(tiny_file, out, regularizer=method, epochs=1), progress_bar=False)
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert record["loss_reg"] > 0 and all(map(math.isfinite, (record["loss_d"], record["loss_g_adv"], record["loss_reg"])))
+    meta = Simulator.load(out / "best.safetensors").metadata["training"]
+    assert meta["regularizer"] == method and meta["lam"] is None
+
+
+def test_iid_resume_restores_its_encoder(tiny_file, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    loop.train(_config(tiny_file, straight, regularizer="iid"), progress_bar=False)
+    loop.train(_config(tiny_file, resumed, regularizer="iid", epochs=1), progress_bar=False)
+    loop.train(_config(tiny_file, resumed, regularizer="iid", epochs=2), progress_bar=False)
+    a, b = _weights(straight / "last.safetensors"), _weights(resumed / "last.safetensors")
+    assert any(k.startswith("regularizer.encoder.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("generator.", "regularizer.")))
+
+
+def test_regularizer_config_is_validated(tiny_file, tmp_path):
+    assert _config(tiny_file, tmp_path, regularizer="dp").weight == 5.0
+    assert _config(tiny_file, tmp_path, regularizer="dp", lam=2.0).weight == 2.0
+    with pytest.raises(ConfigError, match=r"'regularizer_options'.*got options \['beta'\]; expected only \['alpha'\]"):
+        _config(tiny_file, tmp_path, regularizer="ndiv", regularizer_options={"beta": 1})
+    with pytest.raises(ConfigError, match="'regularizer' is 'msgan'"):
+        _config(tiny_file, tmp_path, regularizer="msgan")

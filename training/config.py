@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from zdc_sim.errors import ZdcError
 from zdc_sim.models import SIZES
+from torch import nn
+
+from zdc_sim import regularizers
 from zdc_sim.regularizers import NAMES as REGULARIZERS
 from zdc_sim.regularizers import WEIGHT_KINDS
 
@@ -28,8 +31,9 @@ class TrainConfig:
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    regularizer: str = "sdi"  # 'sdi' or 'none' (the plain conditional GAN)
-    lam: float = 1.0  # weight of the regularizer in the generator loss
+    regularizer: str = "sdi"  # sdi, ms, dp, ndiv, iid, or none (the plain conditional GAN)
+    lam: float | None = None  # weight of the regularizer in the generator loss; None: its published default
+    regularizer_options: dict = field(default_factory=dict)  # the method's own hyper-parameters, e.g. {"alpha": 0.9}
     sdi_weight: str = "absolute"  # 'absolute' (as published) or 'relative' spread per particle
     sdi_space: str = "image"  # where SDI measures d_x: 'image' or discriminator 'embedding'
     r1_gamma: float = 1.0  # zero-centred gradient penalty on real images (0 disables)
@@ -52,7 +56,8 @@ class TrainConfig:
             ("sdi_space", self.sdi_space in ("image", "embedding"), "'image' or 'embedding'"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 2, ">= 2"),
-            ("lam", self.lam >= 0, ">= 0"),
+            ("lam", self.lam is None or self.lam >= 0, ">= 0 (or null for the method's default)"),
+            ("regularizer_options", isinstance(self.regularizer_options, dict), "a JSON object"),
             ("r1_gamma", self.r1_gamma >= 0, ">= 0"),
             ("r1_every", self.r1_every >= 1, ">= 1"),
             ("val_fraction", 0 < self.val_fraction < 1 or self.val_data is not None, "in (0, 1)"),
@@ -63,6 +68,16 @@ class TrainConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"training config: '{name}' is {getattr(self, name)!r}; expected {expected}")
+        try:  # the method's own options are checked by building it (a stand-in encoder for IID)
+            regularizers.make(self.regularizer, encoder=nn.Identity(), **self.regularizer_options,
+                              **({"space": self.sdi_space} if self.regularizer == "sdi" else {}))
+        except ValueError as exc:
+            raise ConfigError(f"training config: 'regularizer_options': {exc}") from None
+
+    @property
+    def weight(self) -> float:
+        """lambda: the configured weight, or the method's published default."""
+        return regularizers.CLASSES[self.regularizer].default_weight if self.lam is None else self.lam
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from zdc_sim import __version__, checkpoint, regularizers
 from zdc_sim.features import Standardizer
-from zdc_sim.models import SIZES, Discriminator, Generator
+from zdc_sim.models import SIZES, Discriminator, Encoder, Generator
 from zdc_sim.simulator import Simulator, pick_device
 
 from . import data as training_data
@@ -106,9 +106,10 @@ class _Run:
         self.generator.set_total_scale(np.log1p(self.train_set.channels.sum(1)).mean())
         self.generator.to(device)
         self.discriminator.to(device)
-        self.regularizer = regularizers.make(config.regularizer, space=config.sdi_space)
+        self.regularizer = self._make_regularizer(model_config).to(device)
         betas = (config.beta1, config.beta2)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=betas)
+        g_params = list(self.generator.parameters()) + list(self.regularizer.parameters())
+        self.opt_g = torch.optim.Adam(g_params, lr=config.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas)
         self.latents = torch.Generator().manual_seed(config.seed * 1000 + rank)
         self.fingerprint = checkpoint.file_fingerprint(config.data)
@@ -121,6 +122,17 @@ class _Run:
             self.d_step_model = DistributedDataParallel(self.discriminator, **ddp_args)
         else:
             self.g_step_model, self.d_step_model = self.generator, self.discriminator
+
+    def _make_regularizer(self, model_config) -> regularizers.Regularizer:
+        config = self.config
+        options = dict(config.regularizer_options)
+        if config.regularizer == "sdi":
+            options["space"] = config.sdi_space
+        encoder = None
+        if config.regularizer == "iid":
+            encoder = Encoder(model_config)
+            encoder.conditioner.load_state_dict(self.generator.conditioner.state_dict())
+        return regularizers.make(config.regularizer, encoder=encoder, **options)
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self) -> Path:
@@ -177,22 +189,25 @@ class _Run:
 
         # Generator (two samples per condition when the regularizer compares them).
         self.discriminator.requires_grad_(False)
-        pair = self.regularizer.needs_pair
+        reg = self.regularizer
+        pair = reg.needs_pair
         z1 = torch.randn(batch, latent, generator=self.latents).to(device)
         z2 = torch.randn(batch, latent, generator=self.latents).to(device) if pair else None
         zz, xx = (torch.cat([z1, z2]), torch.cat([x, x])) if pair else (z1, x)
         fakes = self.g_step_model(zz, xx)
         logits, embedding = self.discriminator(fakes, xx)
         loss_adv = F.softplus(-logits).mean()
-        loss_reg = torch.zeros((), device=device)
-        if pair:
-            e1, e2 = embedding.split(batch) if self.regularizer.uses_embedding else (None, None)
-            f1, f2 = fakes.split(batch)
-            loss_reg = self.regularizer(regularizers.DiversityPair(
-                z1, z2, f1, f2, self.weights[index].to(device), e1, e2))
-        loss_g = loss_adv + config.lam * loss_reg
+        f1, f2 = fakes.split(batch) if pair else (fakes, None)
+        e1, e2 = (embedding.split(batch) if pair else (embedding, None)) if reg.uses_embedding else (None, None)
+        loss_reg = reg(regularizers.DiversityPair(z1, z2, f1, f2, self.weights[index].to(device), e1, e2,
+                                                  condition=x, real=real if reg.uses_real else None))
+        loss_g = loss_adv + config.weight * loss_reg
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        if self.world > 1:  # DDP averages the generator's gradients; the regularizer's own too
+            for p in reg.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
         self.opt_g.step()
         return np.array([loss_d.item(), loss_adv.item(), loss_reg.item()])
 
@@ -249,6 +264,7 @@ class _Run:
             return
         tensors = {**checkpoint.prefixed("generator", self.generator.state_dict()),
                    **checkpoint.prefixed("discriminator", self.discriminator.state_dict()),
+                   **checkpoint.prefixed("regularizer", self.regularizer.state_dict()),
                    "rng.latents": self.latents.get_state()}
         optimizers = {}
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
@@ -275,6 +291,7 @@ class _Run:
                               "(only epochs, device, threads and plots may change)")
         self.generator.load_state_dict(checkpoint.unprefixed("generator", tensors))
         self.discriminator.load_state_dict(checkpoint.unprefixed("discriminator", tensors))
+        self.regularizer.load_state_dict(checkpoint.unprefixed("regularizer", tensors))
         self.latents.set_state(tensors["rng.latents"].cpu())
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
             state: dict = {}

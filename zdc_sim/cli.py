@@ -60,6 +60,8 @@ def _train(args) -> None:
     overrides = {k: getattr(args, k) for k in ("data", "out", "val_data", "model", "epochs", "batch_size",
                                                 "regularizer", "lam", "sdi_weight", "sdi_space", "seed",
                                                 "device", "threads", "checkpoint_every", "max_entries")}
+    if args.regularizer_options:
+        overrides["regularizer_options"] = dict(_key_value(o) for o in args.regularizer_options)
     config = TrainConfig.build(args.config, **overrides)
     last = Path(config.out) / "last.safetensors"
     if last.exists() and not args.resume:
@@ -69,6 +71,14 @@ def _train(args) -> None:
         raise ZdcError(f"--resume: no training state '{last}' to continue; expected a run folder of an earlier run")
     best = train(config, progress_bar=not args.quiet)
     print(f"best checkpoint: {best}")
+
+
+def _key_value(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise ZdcError(f"--regularizer-option {text!r}; expected KEY=NUMBER, e.g. alpha=0.9") from None
 
 
 def _evaluate(args) -> None:
@@ -83,6 +93,23 @@ def _evaluate(args) -> None:
     print(format_report(report))
     if args.json:
         print(json.dumps(report))
+
+
+def _bench_regularizers(args) -> None:
+    from training.benchmark import METHODS, BenchPlan, run
+
+    plan = BenchPlan.quick() if args.quick else BenchPlan()
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ZdcError(f"--seeds is {args.seeds}; expected >= 1")
+        plan = BenchPlan(**{**plan.__dict__, "seeds": args.seeds})
+    methods = args.methods.split(",") if args.methods else METHODS
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ZdcError(f"--methods: unknown {unknown}; expected names among {list(METHODS)}")
+    run(Path(args.out), plan, methods, workers=args.workers, progress=not args.quiet)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wrote {args.out}/results.md, results.json and regularizers.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="JSON file of training.config.TrainConfig fields; flags override it")
     tr.add_argument("--val-data", dest="val_data", help="held-out ROOT file (default: a share of --data)")
     tr.add_argument("--model", help="model size: tiny, small, base, large")
-    tr.add_argument("--regularizer", help="sdi or none (the plain conditional GAN)")
-    tr.add_argument("--lambda", dest="lam", type=float, help="weight of the regularizer")
+    tr.add_argument("--regularizer", help="sdi, ms, dp, ndiv, iid, or none (the plain conditional GAN)")
+    tr.add_argument("--lambda", dest="lam", type=float, help="weight of the regularizer (default: its published one)")
+    tr.add_argument("--regularizer-option", dest="regularizer_options", action="append", metavar="KEY=VALUE",
+                    help="a hyper-parameter of the regularizer, e.g. alpha=0.9 (repeatable)")
     tr.add_argument("--sdi-weight", dest="sdi_weight", help="absolute (published) or relative spread weights")
     tr.add_argument("--sdi-space", dest="sdi_space", help="image or embedding")
     tr.add_argument("--epochs", type=int)
@@ -144,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     ev.set_defaults(run=_evaluate)
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
+    regs = bench.add_parser("regularizers", help="compare the diversity regularizers on synthetic and ZDC data")
+    regs.add_argument("--quick", action="store_true", help="a minute-long smoke run (1 seed, tiny budgets)")
+    regs.add_argument("--out", default="bench/out/regularizers", help="output folder")
+    regs.add_argument("--seeds", type=int, help="seeds per method and benchmark (default 3, quick 1)")
+    regs.add_argument("--methods", help="comma-separated subset of none,sdi,ms,dp,ndiv,iid")
+    regs.add_argument("--workers", type=int, default=1, help="runs in parallel (one CPU thread each)")
+    regs.add_argument("--quiet", action="store_true")
+    regs.set_defaults(run=_bench_regularizers)
     return parser
 
 

@@ -172,6 +172,25 @@ class Discriminator(nn.Module):
         return logit[:, 0], embedding
 
 
+class Encoder(nn.Module):
+    """(log(1 + counts) (N, 1, 44, 44), standardised features (N, 9)) -> latent (N, latent_dim):
+    the inverse of the generator that the IID-GAN regularizer trains alongside it."""
+
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        w, h = config.disc_width, config.hidden
+        self.conditioner = Conditioner()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 22
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 11
+            nn.Flatten(), nn.Linear(2 * w * 11 * 11, h), nn.LeakyReLU(0.2),
+        )
+        self.head = _mlp([h + CONDITION_DIM, h, config.latent_dim])
+
+    def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.conv(images), self.conditioner(features)], 1))
+
+
 def standardized_energy_gev(features: torch.Tensor, conditioner: Conditioner) -> torch.Tensor:
     """The energy column of standardised features, back in GeV."""
     i = INDEX["energy"]

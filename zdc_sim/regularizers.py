@@ -1,12 +1,21 @@
 """Diversity regularizers for the conditional GAN, behind one interface.
 
-Each regularizer sees a `DiversityPair`: two generated samples per condition from independent
-latents (and, optionally, their discriminator embeddings and the per-condition SDI weights) and
-returns a scalar that the training loop adds to the generator loss times lambda.
+Each regularizer sees a `DiversityPair`: generated samples of one batch (two per condition from
+independent latents when `needs_pair`), optionally their discriminator embeddings, the real samples
+of the batch and the per-condition SDI weights, and returns a scalar that the training loop adds to
+the generator loss times lambda (`default_weight` when the config gives none). Formulas follow
+the papers as summarised in the project's reference notes on the five methods:
 
-SDI (selective diversity increase, see data/README.md and the SDI paper): weight_i * d_z / d_x,
-the inverse of a mode-seeking ratio, scaled by a per-particle weight measured on the training set,
-so that minimising it raises diversity only for particles whose real showers are diverse.
+- sdi   selective diversity increase: weight_i * d_z / d_x per condition (the inverse mode-seeking
+        ratio scaled by how diverse the real data is for that condition).
+- ms    mode seeking (MSGAN): 1 / (mean|x1 - x2| / mean|z1 - z2| + eps) over the batch.
+- dp    diversity penalty (dp-GAN): mean of sigmoid(s cos f_i f_j) / sigmoid(s cos z_i z_j) over
+        all pairs of the batch, f the discriminator embedding.
+- ndiv  normalized diversification: hinge relu(alpha D^z_ij - D^x_ij) on row-normalised pairwise
+        distance matrices of the batch.
+- iid   IID-GAN: an encoder E, trained alongside, inverts G (E(G(c, z)) ~ z) while E(real) is
+        pulled to N(0, I) by an MMD; the generator gets the inversion term, which it lowers by
+        keeping distinct latents distinguishable.
 """
 
 from __future__ import annotations
@@ -19,18 +28,20 @@ from torch import nn
 
 from .metrics import MIN_MEAN_COUNTS
 
-DISTANCE_EPS = 1e-2  # keeps d_z / d_x finite when two generated samples are identical
+DISTANCE_EPS = 1e-2  # keeps SDI's d_z / d_x finite when two generated samples are identical
 
 
 @dataclass
 class DiversityPair:
     z1: torch.Tensor  # (N, latent)
-    z2: torch.Tensor
-    fake1: torch.Tensor  # (N, 1, 44, 44) log(1 + counts)
-    fake2: torch.Tensor
+    z2: torch.Tensor | None  # second latents (None when the method does not need a pair)
+    fake1: torch.Tensor  # (N, ...) generated samples, e.g. (N, 1, 44, 44) log(1 + counts)
+    fake2: torch.Tensor | None
     weight: torch.Tensor  # (N,) per-condition diversity weight in [0, 1]
     embed1: torch.Tensor | None = None  # (N, E) discriminator embeddings, when the method uses them
     embed2: torch.Tensor | None = None
+    condition: torch.Tensor | None = None  # (N, C) the conditions, for methods with their own networks
+    real: torch.Tensor | None = None  # (N, ...) real samples of the same conditions
 
 
 def mean_abs_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,12 +50,16 @@ def mean_abs_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Regularizer(nn.Module):
-    """Base class: `forward(pair) -> scalar`. `needs_pair` tells the loop to generate two samples
-    per condition; `uses_embedding` tells it to compute discriminator embeddings of both."""
+    """Base class: `forward(pair) -> scalar`. `needs_pair`: the loop generates two samples per
+    condition; `uses_embedding`: it passes discriminator embeddings; `uses_real`: it passes the
+    real samples and conditions. Parameters a regularizer owns (IID's encoder) are trained by the
+    generator's optimizer."""
 
     name = "base"
+    default_weight = 1.0
     needs_pair = True
     uses_embedding = False
+    uses_real = False
 
     def forward(self, pair: DiversityPair) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -78,16 +93,122 @@ class SDI(Regularizer):
         return (pair.weight * ratio).mean()
 
 
-def make(name: str, *, space: str = "image") -> Regularizer:
-    """The regularizer called `name` ('none' or 'sdi')."""
-    if name == "none":
-        return NoRegularizer()
-    if name == "sdi":
-        return SDI(space)
-    raise ValueError(f"unknown regularizer {name!r}; expected one of {NAMES}")
+class ModeSeeking(Regularizer):
+    """MSGAN: 1 / (ratio + eps), ratio = mean|G(c, z1) - G(c, z2)| / mean|z1 - z2| over the batch."""
+
+    name = "ms"
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = _positive("eps", eps)
+
+    def forward(self, pair: DiversityPair) -> torch.Tensor:
+        ratio = (pair.fake1 - pair.fake2).abs().mean() / (pair.z1 - pair.z2).abs().mean()
+        return 1.0 / (ratio + self.eps)
 
 
-NAMES = ("none", "sdi")
+def _cosine_gram(v: torch.Tensor, scale: float) -> torch.Tensor:
+    v = nn.functional.normalize(v.flatten(1).float(), dim=1, eps=1e-8)
+    return torch.sigmoid(scale * v @ v.T)
+
+
+class DiversityPenalty(Regularizer):
+    """dp-GAN: mean over the m^2 pairs of the batch of G_f / G_z, G = sigmoid(s * cosine)."""
+
+    name = "dp"
+    default_weight = 5.0
+    uses_embedding = True
+
+    def __init__(self, scale: float = 5.0):
+        super().__init__()
+        self.scale = _positive("scale", scale)
+
+    def forward(self, pair: DiversityPair) -> torch.Tensor:
+        z = torch.cat([pair.z1, pair.z2])
+        f = torch.cat([pair.embed1, pair.embed2])
+        return (_cosine_gram(f, self.scale) / _cosine_gram(z, self.scale)).mean()
+
+
+class NormalizedDiversification(Regularizer):
+    """sum_{i != j} relu(alpha D^z_ij - D^x_ij) / (N (N - 1)) over all samples of the batch, each
+    distance matrix row-normalised by its (undifferentiated) sum."""
+
+    name = "ndiv"
+
+    def __init__(self, alpha: float = 0.8):
+        super().__init__()
+        self.alpha = _positive("alpha", alpha)
+
+    def forward(self, pair: DiversityPair) -> torch.Tensor:
+        z = torch.cat([pair.z1, pair.z2]).flatten(1).float()
+        x = torch.cat([pair.fake1, pair.fake2]).flatten(1).float()
+        n = len(z)
+        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
+        dz, dx = torch.cdist(z, z), torch.cdist(x, x)
+        dz = dz / dz.sum(1, keepdim=True).clamp_min(1e-12)
+        dx = dx / dx.sum(1, keepdim=True).detach().clamp_min(1e-12)
+        return torch.relu(self.alpha * dz - dx)[off_diagonal].sum() / (n * (n - 1))
+
+
+def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.5, 1.0, 2.0)) -> torch.Tensor:
+    """Squared maximum mean discrepancy between samples x and y (biased estimate), a sum of RBF
+    kernels: the distance IID-GAN uses to pull E(real) to the Gaussian source."""
+    xy = torch.cat([x, y])
+    d2 = torch.cdist(xy, xy).pow(2)
+    k = sum(torch.exp(-d2 / (2 * b * b)) for b in bandwidths)
+    n = len(x)
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
+class IID(Regularizer):
+    """IID-GAN with a conditional encoder `encoder(sample, condition) -> latent`:
+    mean |E(G(c, z1), c) - z1|^2 + gaussian_weight * MMD(E(real, c), z1)."""
+
+    name = "iid"
+    needs_pair = False
+    uses_real = True
+
+    def __init__(self, encoder: nn.Module, gaussian_weight: float = 1.0):
+        super().__init__()
+        self.encoder = encoder
+        self.gaussian_weight = _positive("gaussian_weight", gaussian_weight)
+
+    def forward(self, pair: DiversityPair) -> torch.Tensor:
+        inversion = (self.encoder(pair.fake1, pair.condition) - pair.z1).pow(2).mean()
+        inverse_real = self.encoder(pair.real, pair.condition)
+        return inversion + self.gaussian_weight * gaussian_mmd(inverse_real, pair.z1)
+
+
+def _positive(name: str, value) -> float:
+    if not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"regularizer option '{name}' is {value!r}; expected a number > 0")
+    return float(value)
+
+
+CLASSES = {"none": NoRegularizer, "sdi": SDI, "ms": ModeSeeking, "dp": DiversityPenalty,
+           "ndiv": NormalizedDiversification, "iid": IID}
+NAMES = tuple(CLASSES)
+
+
+def make(name: str, encoder: nn.Module | None = None, **options) -> Regularizer:
+    """The regularizer called `name` with its own hyper-parameters (`options`, e.g. alpha=0.9 for
+    ndiv). IID needs the `encoder` it trains; the others ignore it."""
+    if name not in CLASSES:
+        raise ValueError(f"unknown regularizer {name!r}; expected one of {list(NAMES)}")
+    cls, given = CLASSES[name], sorted(options)
+    if name == "iid":
+        if encoder is None:
+            raise ValueError("regularizer 'iid' needs an encoder; expected one built for the data")
+        options["encoder"] = encoder
+    try:
+        return cls(**options)
+    except TypeError:
+        import inspect
+
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "encoder")]
+        raise ValueError(f"regularizer {name!r} got options {given}; expected only {allowed}") from None
+
+
 WEIGHT_KINDS = ("absolute", "relative")
 
 
