@@ -112,6 +112,19 @@ def _bench_regularizers(args) -> None:
     print(f"wrote {args.out}/results.md, results.json and regularizers.png")
 
 
+def _serve(args) -> None:
+    import uvicorn
+
+    from service import Settings, create_app
+
+    settings = Settings.from_env(checkpoint=args.checkpoint, device=args.device, host=args.host, port=args.port,
+                                 max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+                                 max_particles_per_request=args.max_particles, threads=args.threads,
+                                 dynamic_batching=False if args.no_batching else None, bf16=args.bf16 or None)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zdc-sim", description="Fast simulation of the ALICE ZN calorimeter.")
     parser.add_argument("--version", action="version", version=f"zdc-sim {__version__}")
@@ -173,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     ev.set_defaults(run=_evaluate)
+
+    srv = commands.add_parser("serve", help="serve a model over HTTP (native API and Open Inference Protocol v2)")
+    srv.add_argument("--host", help="default 127.0.0.1 (ZDC_SIM_HOST); 0.0.0.0 to listen on all interfaces")
+    srv.add_argument("--port", type=int, help="default 8000 (ZDC_SIM_PORT)")
+    srv.add_argument("--checkpoint", help="checkpoint file (default: the shipped model; ZDC_SIM_CHECKPOINT)")
+    srv.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (ZDC_SIM_DEVICE)")
+    srv.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (ZDC_SIM_BF16)")
+    srv.add_argument("--max-batch-size", dest="max_batch_size", type=int, help="particles per forward pass")
+    srv.add_argument("--max-queue-delay-ms", dest="max_queue_delay_ms", type=float, help="batching wait")
+    srv.add_argument("--max-particles", dest="max_particles", type=int, help="particles per request (413 above)")
+    srv.add_argument("--no-batching", dest="no_batching", action="store_true", help="disable dynamic batching")
+    srv.add_argument("--threads", type=int, help="torch CPU threads")
+    srv.add_argument("--log-level", dest="log_level", default="info")
+    srv.set_defaults(run=_serve)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     regs = bench.add_parser("regularizers", help="compare the diversity regularizers on synthetic and ZDC data")

@@ -66,6 +66,7 @@ class Simulator:
         """Load a checkpoint written by `zdc-sim train` (best or last), or the default model."""
         path = default_model_path() if path is None else Path(path)
         tensors, meta = checkpoint.load(path)
+        meta = {**meta, "checksum": checkpoint.file_fingerprint(path), "path": str(path)}
         try:
             generator = Generator(ModelConfig(**meta["model"]))
             generator.load_state_dict(checkpoint.unprefixed("generator", tensors))
@@ -91,15 +92,30 @@ class Simulator:
         responses as those k particles alone (up to float rounding of batched kernels).
         """
         raw = features.validate(particle_features)
+        return self.simulate_latents(raw, self.latents(len(raw), seed))
+
+    def latents(self, n: int, seed: int | None = None) -> np.ndarray:
+        """The (n, latent_dim) float32 latents `simulate` uses for n particles and `seed` (random if None)."""
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
-        z = torch.from_numpy(np.random.default_rng(int(seed)).standard_normal((len(raw), self.latent_dim), np.float32))
-        x = torch.from_numpy(self.standardizer.transform(raw))
-        counts = np.empty((len(raw), 44, 44), np.float32)
-        for start in range(0, len(raw), self.batch_size):
+        return np.random.default_rng(int(seed)).standard_normal((n, self.latent_dim), np.float32)
+
+    @torch.inference_mode()
+    def simulate_latents(self, raw_features: np.ndarray, latents: np.ndarray) -> Simulation:
+        """Simulate already validated features with given latents: lets callers (the service's
+        dynamic batcher, export) run many seeded requests in one pass with the same results."""
+        z = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
+        x = torch.from_numpy(self.standardizer.transform(raw_features))
+        counts = np.empty((len(raw_features), 44, 44), np.float32)
+        for start in range(0, len(raw_features), self.batch_size):
             stop = start + self.batch_size
             counts[start:stop] = self._counts(z[start:stop], x[start:stop]).cpu().numpy()
         return Simulation(counts, channel_sums(counts).astype(np.float32))
+
+    @property
+    def model_version(self) -> str:
+        """The first 12 hex digits of the checkpoint's sha256: names the exact weights served."""
+        return self.metadata.get("checksum", "sha256:unknown").split(":")[1][:12]
 
     def _counts(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         z, x = z.to(self.device, non_blocking=True), x.to(self.device, non_blocking=True)

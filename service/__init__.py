@@ -1,0 +1,6 @@
+"""The zdc-sim simulation service: FastAPI app factory, native and Open Inference Protocol v2 routes."""
+
+from .app import create_app
+from .settings import Settings
+
+__all__ = ["Settings", "create_app"]

@@ -1,0 +1,215 @@
+"""Open Inference Protocol v2 (KServe / Triton HTTP), JSON and the binary tensor extension, so that
+`tritonclient[http]` works unchanged: model `zdc-zn`, input FEATURES FP32 [-1, 9], optional SEED
+INT64 [1]; outputs RESPONSES FP32 [-1, 44, 44] and CHANNELS FP32 [-1, 5]."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from zdc_sim import __version__, features
+
+from .app import ServiceError, ServiceState, read_body, validation_message
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8"), "UINT64": np.dtype("<u8"),
+          "INT32": np.dtype("<i4")}
+INPUTS = [{"name": "FEATURES", "datatype": "FP32", "shape": [-1, 9]}, {"name": "SEED", "datatype": "INT64", "shape": [1]}]
+OUTPUTS = [{"name": "RESPONSES", "datatype": "FP32", "shape": [-1, 44, 44]},
+           {"name": "CHANNELS", "datatype": "FP32", "shape": [-1, 5]}]
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list | None = None
+
+
+class InferOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput]
+    outputs: list[InferOutput] | None = None
+
+
+def _decompress(body: bytes, encoding: str | None) -> bytes:
+    try:
+        if encoding == "gzip":
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error, EOFError) as exc:
+        raise ServiceError(400, f"body: Content-Encoding {encoding} but it does not decompress ({exc})") from None
+    if encoding not in (None, "identity"):
+        raise ServiceError(415, f"Content-Encoding '{encoding}'; expected gzip, deflate or none")
+    return body
+
+
+def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """The JSON header and the input tensors (from "data" or from the binary section)."""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ServiceError(400, f"{HEADER_LENGTH} is {header_length!r}; expected the byte length of the "
+                                    f"JSON header, at most the body's {len(body)} bytes")
+        head, binary = body[: int(header_length)], memoryview(body)[int(header_length) :]
+    else:
+        head, binary = body, memoryview(b"")
+    try:
+        request = InferRequest.model_validate_json(head)
+    except ValidationError as exc:
+        raise ServiceError(422, validation_message(exc, "")) from None
+    tensors, offset = {}, 0
+    for tensor in request.inputs:
+        where = f"input '{tensor.name}'"
+        if tensor.datatype not in DTYPES:
+            raise ServiceError(422, f"{where}: datatype {tensor.datatype!r}; expected one of {list(DTYPES)}")
+        if any(d < 0 for d in tensor.shape):
+            raise ServiceError(422, f"{where}: shape {tensor.shape}; expected non-negative dimensions")
+        dtype, count = DTYPES[tensor.datatype], int(np.prod(tensor.shape))
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
+                raise ServiceError(422, f"{where}: binary_data_size {size!r}; expected {count * dtype.itemsize} bytes "
+                                        f"for shape {tensor.shape} {tensor.datatype}, within the "
+                                        f"{len(binary) - offset} bytes left in the body")
+            array = np.frombuffer(binary[offset : offset + size], dtype)
+            offset += size
+        elif tensor.data is not None:
+            try:
+                array = np.asarray(tensor.data, dtype=dtype).ravel()
+            except (TypeError, ValueError, OverflowError):
+                raise ServiceError(422, f"{where}: 'data' is not a flat list of {tensor.datatype} numbers") from None
+            if array.size != count:
+                raise ServiceError(422, f"{where}: 'data' has {array.size} values; expected {count} for shape {tensor.shape}")
+        else:
+            raise ServiceError(422, f"{where}: neither 'data' nor parameters.binary_data_size; expected one")
+        tensors[tensor.name] = array.reshape(tensor.shape)
+    return request, tensors
+
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its $defs inlined, for the OpenAPI document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].split("/")[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def router(state: ServiceState) -> APIRouter:
+    api = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+    settings = state.settings
+
+    def check_model(model: str, version: str | None) -> None:
+        if model != settings.model_name:
+            raise ServiceError(404, f"model '{model}' is not served; expected '{settings.model_name}'")
+        if version is not None and version != state.version:
+            raise ServiceError(404, f"model '{model}' version '{version}' is not served; expected '{state.version}'")
+
+    @api.get("", summary="server metadata")
+    async def server():
+        return {"name": "zdc-sim", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @api.get("/health/live")
+    async def live():
+        return Response(status_code=200)
+
+    @api.get("/health/ready")
+    async def ready():
+        return Response(status_code=200 if state.ready else 503)
+
+    def metadata(model: str, version: str | None = None):
+        check_model(model, version)
+        return {"name": settings.model_name, "versions": [state.version], "platform": "pytorch",
+                "inputs": INPUTS, "outputs": OUTPUTS}
+
+    def model_ready(model: str, version: str | None = None):
+        check_model(model, version)
+        return Response(status_code=200 if state.ready else 503)
+
+    def config(model: str, version: str | None = None):
+        check_model(model, version)
+        return {"name": settings.model_name, "platform": "pytorch", "max_batch_size": 0,
+                "input": [{"name": i["name"], "data_type": "TYPE_" + i["datatype"], "dims": i["shape"]} for i in INPUTS],
+                "output": [{"name": o["name"], "data_type": "TYPE_FP32", "dims": o["shape"]} for o in OUTPUTS],
+                "dynamic_batching": {"max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
+                                     "preferred_batch_size": [settings.max_batch_size]}}
+
+    async def infer(model: str, request: Request, version: str | None = None):
+        check_model(model, version)
+        body = await read_body(request, settings.max_request_bytes)
+        body = _decompress(body, request.headers.get("content-encoding"))
+        infer_request, tensors = parse_infer(body, request.headers.get(HEADER_LENGTH.lower()))
+        unknown = sorted(set(tensors) - {"FEATURES", "SEED"})
+        if unknown or "FEATURES" not in tensors:
+            raise ServiceError(422, f"inputs {sorted(tensors)}; expected FEATURES (FP32 [-1, 9]) and optionally SEED "
+                                    f"(INT64 [1])")
+        feats = tensors["FEATURES"]
+        if infer_request.inputs[[i.name for i in infer_request.inputs].index("FEATURES")].datatype != "FP32":
+            raise ServiceError(422, "input 'FEATURES': datatype must be FP32")
+        seed = None
+        if "SEED" in tensors:
+            s = tensors["SEED"]
+            if s.size != 1 or s.dtype.kind not in "iu" or not 0 <= int(s.ravel()[0]) < 2**63:
+                raise ServiceError(422, f"input 'SEED': {s.tolist()} ({s.dtype}); expected one INT64 value >= 0")
+            seed = int(s.ravel()[0])
+        raw = features.validate(feats, source="input 'FEATURES'")
+        sim = await state.simulate(raw, seed)
+
+        produced = {"RESPONSES": sim.counts, "CHANNELS": sim.channels}
+        wanted = infer_request.outputs or [InferOutput(name=n) for n in produced]
+        default_binary = bool((infer_request.parameters or {}).get("binary_data_output", False))
+        outputs, chunks = [], []
+        for out in wanted:
+            if out.name not in produced:
+                raise ServiceError(422, f"output '{out.name}'; expected RESPONSES or CHANNELS")
+            array = np.ascontiguousarray(produced[out.name], "<f4")
+            entry: dict[str, Any] = {"name": out.name, "datatype": "FP32", "shape": list(array.shape)}
+            if (out.parameters or {}).get("binary_data", default_binary):
+                data = array.tobytes()
+                entry["parameters"] = {"binary_data_size": len(data)}
+                chunks.append(data)
+            else:
+                entry["data"] = array.ravel().tolist()
+            outputs.append(entry)
+        answer = {"model_name": settings.model_name, "model_version": state.version, "outputs": outputs}
+        if infer_request.id is not None:
+            answer["id"] = infer_request.id
+        if not chunks:
+            return JSONResponse(answer)
+        head = json.dumps(answer).encode()
+        return Response(head + b"".join(chunks), media_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(head))})
+
+    api.add_api_route("/models/{model}", metadata, methods=["GET"], summary="model metadata")
+    api.add_api_route("/models/{model}/versions/{version}", metadata, methods=["GET"], summary="model metadata")
+    api.add_api_route("/models/{model}/ready", model_ready, methods=["GET"], summary="200 when the model can serve")
+    api.add_api_route("/models/{model}/versions/{version}/ready", model_ready, methods=["GET"])
+    api.add_api_route("/models/{model}/config", config, methods=["GET"], summary="Triton-style model config")
+    api.add_api_route("/models/{model}/versions/{version}/config", config, methods=["GET"])
+    infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(InferRequest)}}}}
+    api.add_api_route("/models/{model}/infer", infer, methods=["POST"], summary="inference", openapi_extra=infer_doc)
+    api.add_api_route("/models/{model}/versions/{version}/infer", infer, methods=["POST"], openapi_extra=infer_doc)
+    return api
