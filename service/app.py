@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import tempfile
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -25,6 +27,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zdc_sim import __version__, features, reference
+from zdc_sim import io as io_module
+from zdc_sim.export import export_file
 from zdc_sim.errors import ZdcError
 from zdc_sim.simulator import Simulation, Simulator
 
@@ -169,7 +173,8 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
             torch.set_num_threads(settings.threads)
         sim = simulator or await asyncio.to_thread(
             Simulator.load, settings.checkpoint, device=settings.device, bf16=settings.bf16,
-            batch_size=settings.max_batch_size)
+            batch_size=settings.max_batch_size, compile=settings.compile)
+        await asyncio.to_thread(sim.warmup)  # every batch bucket once (compiles them with compile=True)
         state.simulator = sim
         state.metrics = Metrics(settings.model_name, sim.model_version)
         batcher = DynamicBatcher(sim, settings.max_batch_size, settings.max_queue_delay_ms,
@@ -278,6 +283,43 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
         if output in ("channels", "both"):
             answer["channels"] = sim.channels.tolist()
         return JSONResponse(answer, headers=headers)
+
+    @app.post("/v1/export", summary="upload a ROOT file of particles, receive a ROOT file of responses",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  OCTET: {"schema": {"type": "string", "format": "binary"}}}}},
+              response_class=Response, responses={200: {"content": {OCTET: {}}}})
+    async def export_route(request: Request, seed: int | None = None, channels_only: bool = False,
+                           tree: str = io_module.TREE):
+        """The body is the ROOT file (at most max_export_bytes); the answer is the `zdc-sim export`
+        output for it: the particle branches, `response` (unless channels_only), channel_1..5 and
+        the provenance. Simulated through the same batcher as /v1/simulate."""
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise ServiceError(422, f"field 'seed': {seed} is out of range; expected 0 to {MAX_SEED}")
+        if not state.ready:
+            raise ServiceError(503, "the model is not loaded yet", {"Retry-After": "1"})
+        body = await read_body(request, settings.max_export_bytes)
+        loop = asyncio.get_running_loop()
+
+        def simulate(raw, latents):  # runs in the export thread; the batcher owns the model
+            return asyncio.run_coroutine_threadsafe(state.batcher.simulate(raw, latents), loop).result()
+
+        def run(folder: str) -> bytes:
+            source, target = Path(folder) / "upload.root", Path(folder) / "export.root"
+            source.write_bytes(body)
+            try:
+                export_file(source, target, state.simulator, seed=seed, schema=io_module.Schema(tree=tree), tree=tree,
+                            channels_only=channels_only, progress=False, simulate=simulate,
+                            chunk_size=settings.max_batch_size)
+            except ZdcError as exc:  # name the upload, not the server's temporary path
+                raise ZdcError(str(exc).replace(str(source), "uploaded file")) from None
+            return target.read_bytes()
+
+        with tempfile.TemporaryDirectory(prefix="zdc-export-") as folder:
+            try:
+                data = await asyncio.to_thread(run, folder)
+            except QueueFull as exc:
+                raise ServiceError(503, str(exc), {"Retry-After": "1"}) from None
+        return Response(data, media_type=OCTET, headers={"Content-Disposition": 'attachment; filename="export.root"'})
 
     from .oip import router as oip_router
 

@@ -15,6 +15,7 @@ class Settings(BaseModel, frozen=True):
     checkpoint: str | None = None  # None: the model shipped with zdc-sim
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     bf16: bool = False  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the generator for fixed batch buckets, compiled at warm-up
     model_name: str = "zdc-zn"
     max_batch_size: int = Field(1024, ge=1, le=65536)  # particles per forward pass
     max_queue_delay_ms: float = Field(2.0, ge=0, le=1000)  # how long a batch waits to fill up

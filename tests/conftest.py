@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
+import torch
 
-from zdc_sim import io, reference
+from zdc_sim import checkpoint, io, reference
+from zdc_sim.features import Standardizer
+from zdc_sim.models import SIZES, Generator
 
 
 def make_parts(n_particles=40, repeats=4, seed=3):
@@ -24,4 +27,19 @@ def tiny_parts():
 def tiny_file(tmp_path_factory, tiny_parts):
     path = tmp_path_factory.mktemp("data") / "tiny.root"
     io.write_dataset(path, [tiny_parts], provenance={"seed": 3})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained tiny generator saved as a checkpoint: enough for service and export tests."""
+    torch.manual_seed(0)
+    feats, _ = reference.sample_particles(256, np.random.default_rng(0))
+    generator = Generator(SIZES["tiny"])
+    standardizer = Standardizer.fit(feats)
+    generator.conditioner.fit(standardizer, feats)
+    generator.set_total_scale(8.0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    checkpoint.save(path, checkpoint.prefixed("generator", generator.state_dict()),
+                    {"model": SIZES["tiny"].to_dict(), "standardizer": standardizer.to_dict()})
     return path

@@ -14,31 +14,14 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
 from service.batcher import DynamicBatcher
-from zdc_sim import checkpoint, features, geometry, reference
-from zdc_sim.features import Standardizer
-from zdc_sim.models import SIZES, Generator
+from zdc_sim import features, geometry, reference
 from zdc_sim.simulator import Simulator
 
 PARTICLE = [2500.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2500.0, 939.6, 0.0]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    feats, _ = reference.sample_particles(256, np.random.default_rng(0))
-    generator = Generator(SIZES["tiny"])
-    standardizer = Standardizer.fit(feats)
-    generator.conditioner.fit(standardizer, feats)
-    generator.set_total_scale(8.0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    checkpoint.save(path, checkpoint.prefixed("generator", generator.state_dict()),
-                    {"model": SIZES["tiny"].to_dict(), "standardizer": standardizer.to_dict()})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +298,25 @@ def test_schemathesis_finds_no_server_errors(tiny_checkpoint):
         check()
     assert not failures, failures
     assert len(calls) > 100 and any(400 <= c < 500 for c in calls) and 200 in calls
+
+
+def test_export_route_round_trip_and_bad_upload(client, tmp_path):
+    import uproot
+
+    from zdc_sim import export
+
+    from .test_export import write_particles
+
+    write_particles(tmp_path / "in.root", n=40)
+    r = client.post("/v1/export?seed=3", content=(tmp_path / "in.root").read_bytes())
+    assert r.status_code == 200 and r.headers["x-model-version"]
+    (tmp_path / "got.root").write_bytes(r.content)
+    sim = Simulator.load(client.app.state.zdc.settings.checkpoint, device="cpu")
+    export.export_file(tmp_path / "in.root", tmp_path / "local.root", sim, seed=3, progress=False)
+    with uproot.open(tmp_path / "got.root") as got, uproot.open(tmp_path / "local.root") as local:
+        np.testing.assert_allclose(got["zdc"]["response"].array(library="np"),
+                                   local["zdc"]["response"].array(library="np"), rtol=1e-5)
+    bad = client.post("/v1/export", content=b"junk" * 100)
+    assert bad.status_code == 422 and "uploaded file" in bad.json()["error"] and "zdc-export-" not in bad.json()["error"]
+    big = client.post("/v1/export", content=b"0" * 2048, headers={"Content-Length": str(10**12)})
+    assert big.status_code == 413

@@ -85,3 +85,22 @@ def test_the_shipped_default_model_loads_and_is_small():
     x, _ = reference.sample_particles(20, np.random.default_rng(0))
     out = sim.simulate(x, seed=0)
     assert out.counts.shape == (20, 44, 44) and np.isfinite(out.counts).all()
+
+
+def test_batch_buckets_pad_without_changing_results(tiny_checkpoint):
+    from zdc_sim.simulator import bucket_sizes
+
+    assert bucket_sizes(1) == [1] and bucket_sizes(8) == [1, 2, 4, 8] and bucket_sizes(12) == [1, 2, 4, 8, 12]
+    plain = Simulator.load(tiny_checkpoint, device="cpu", batch_size=12)
+    padded = Simulator.load(tiny_checkpoint, device="cpu", batch_size=12)
+    padded.buckets = bucket_sizes(12)  # what compile=True uses, without paying for compilation
+    feats = np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]] * 29, np.float32)  # 12 + 12 + 5 (padded to 8)
+    np.testing.assert_allclose(padded.simulate(feats, seed=2).counts, plain.simulate(feats, seed=2).counts, rtol=1e-5)
+    padded.warmup()
+
+
+def test_bf16_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ZdcError, match="bf16 inference needs a CUDA device"):
+        Simulator.load(bf16=True)

@@ -34,7 +34,7 @@ class BenchPlan:
     zdc_heldout: int = 500
     zdc_model: str = "small"
     zdc_epochs: int = 3
-    zdc_batch: int = 64
+    zdc_batch: int = 128
 
     @classmethod
     def quick(cls) -> "BenchPlan":

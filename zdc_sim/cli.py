@@ -112,6 +112,33 @@ def _bench_regularizers(args) -> None:
     print(f"wrote {args.out}/results.md, results.json and regularizers.png")
 
 
+def _export(args) -> None:
+    import dataclasses
+
+    from . import export
+
+    schema = _schema(args)
+    if args.tree:
+        schema = dataclasses.replace(schema, tree=args.tree)
+    options = dict(seed=args.seed, chunk_size=args.chunk_size, schema=schema, tree=schema.tree,
+                   channels_only=args.channels_only, resume=args.resume)
+    out = Path(args.out)
+    if len(args.inputs) == 1 and not out.is_dir():
+        from .simulator import Simulator
+
+        simulator = Simulator.load(args.checkpoint, device=args.device)
+        result = export.export_file(args.inputs[0], out, simulator, progress=not args.quiet, **options)
+        print(f"wrote {result.entries} entries to {result.output} in {result.seconds:.1f} s "
+              f"({result.particles_per_second:,.0f} particles/s)" +
+              (f"; resumed after entry {result.resumed_from}" if result.resumed_from else ""))
+        return
+    rows = export.export_many(args.inputs, out, checkpoint_path=args.checkpoint, device=args.device,
+                              scheduler=args.scheduler, workers=args.workers, **options)
+    print(export.format_summary(rows))
+    if not all(r["ok"] for r in rows):
+        raise ZdcError(f"{sum(not r['ok'] for r in rows)} of {len(rows)} inputs failed (see the summary above)")
+
+
 def _serve(args) -> None:
     import uvicorn
 
@@ -120,7 +147,8 @@ def _serve(args) -> None:
     settings = Settings.from_env(checkpoint=args.checkpoint, device=args.device, host=args.host, port=args.port,
                                  max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                                  max_particles_per_request=args.max_particles, threads=args.threads,
-                                 dynamic_batching=False if args.no_batching else None, bf16=args.bf16 or None)
+                                 dynamic_batching=False if args.no_batching else None, bf16=args.bf16 or None,
+                                 compile=args.compile or None)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)
 
@@ -187,12 +215,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     ev.set_defaults(run=_evaluate)
 
+    ex = commands.add_parser("export", help="simulate the particles of ROOT files into ROOT files of responses")
+    ex.add_argument("inputs", nargs="+", metavar="INPUT", help="ROOT files with the 9 particle feature branches")
+    ex.add_argument("--out", required=True, help="output file (one input) or folder (<stem>.zdcsim.root per input)")
+    ex.add_argument("--seed", type=int, help="same seed, same output (default: random, recorded in the provenance)")
+    ex.add_argument("--checkpoint", help="checkpoint file (default: the shipped model)")
+    ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ex.add_argument("--chunk-size", dest="chunk_size", type=int, default=8192, help="particles per chunk")
+    ex.add_argument("--tree", help="tree of the input (default 'zdc' or the branch map's); the output uses the same name")
+    ex.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
+    ex.add_argument("--channels-only", dest="channels_only", action="store_true", help="no response branch")
+    ex.add_argument("--resume", action="store_true", help="continue an interrupted export from its last complete chunk")
+    ex.add_argument("--scheduler", help="Dask scheduler address (several inputs; default: a local cluster)")
+    ex.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster")
+    ex.add_argument("--quiet", action="store_true", help="no progress bar")
+    ex.set_defaults(run=_export)
+
     srv = commands.add_parser("serve", help="serve a model over HTTP (native API and Open Inference Protocol v2)")
     srv.add_argument("--host", help="default 127.0.0.1 (ZDC_SIM_HOST); 0.0.0.0 to listen on all interfaces")
     srv.add_argument("--port", type=int, help="default 8000 (ZDC_SIM_PORT)")
     srv.add_argument("--checkpoint", help="checkpoint file (default: the shipped model; ZDC_SIM_CHECKPOINT)")
     srv.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (ZDC_SIM_DEVICE)")
     srv.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (ZDC_SIM_BF16)")
+    srv.add_argument("--compile", action="store_true", help="torch.compile fixed batch buckets at warm-up (ZDC_SIM_COMPILE)")
     srv.add_argument("--max-batch-size", dest="max_batch_size", type=int, help="particles per forward pass")
     srv.add_argument("--max-queue-delay-ms", dest="max_queue_delay_ms", type=float, help="batching wait")
     srv.add_argument("--max-particles", dest="max_particles", type=int, help="particles per request (413 above)")

@@ -237,15 +237,19 @@ class RootWriter:
 
     Chunks are validated (branches, lengths, shapes, finite values) and buffered into baskets of
     `basket_entries`, since every `extend` writes one basket per branch. If anything fails, or the
-    block is left by an exception, the temporary file is removed and `path` is untouched.
+    block is left by an exception, the temporary file is removed and `path` is untouched. With
+    `partial` (a fixed temporary path) the file is kept when the block is left by KeyboardInterrupt,
+    so that a job can resume from it: uproot leaves it readable after every basket.
     """
 
     def __init__(self, path, branch_types: Mapping[str, np.dtype], tree: str = TREE,
-                 objects: Mapping[str, str] | None = None, basket_entries: int = WRITE_BASKET_ENTRIES):
+                 objects: Mapping[str, str] | None = None, basket_entries: int = WRITE_BASKET_ENTRIES,
+                 partial: Path | None = None):
         self.path = Path(path)
         self.types = {name: np.dtype(t) for name, t in branch_types.items()}
         self.tree_name, self.objects, self.basket_entries = tree, dict(objects or {}), basket_entries
-        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.keep_on_interrupt = partial is not None
+        self.tmp = Path(partial) if partial is not None else self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self.entries = 0
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered = 0
@@ -302,7 +306,7 @@ class RootWriter:
             self._file.close()
             if complete:
                 os.replace(self.tmp, self.path)
-            else:
+            elif not (self.keep_on_interrupt and exc_type is KeyboardInterrupt):
                 self.tmp.unlink(missing_ok=True)
 
     def set_object(self, name: str, text: str) -> None:

@@ -22,6 +22,7 @@ from .geometry import channel_sums
 from .models import Generator, ModelConfig
 
 DEFAULT_BATCH = 4096
+LATENT_BLOCK = 1024  # rows per independently seeded block of latents
 
 
 def default_model_path() -> Path:
@@ -38,6 +39,12 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def bucket_sizes(batch_size: int) -> list[int]:
+    """Powers of two from 1 up to batch_size, and batch_size itself."""
+    sizes = [1 << i for i in range(batch_size.bit_length()) if 1 << i < batch_size]
+    return sizes + [batch_size]
+
+
 @dataclass(frozen=True)
 class Simulation:
     counts: np.ndarray  # (N, 44, 44) float32 photon counts
@@ -48,7 +55,7 @@ class Simulator:
     """A trained generator with its feature standardisation. Use `Simulator.load(path)`."""
 
     def __init__(self, generator: Generator, standardizer: features.Standardizer, *, device=None,
-                 bf16: bool = False, batch_size: int = DEFAULT_BATCH,
+                 bf16: bool = False, batch_size: int = DEFAULT_BATCH, compile: bool = False,
                  metadata: dict | None = None):
         self.device = pick_device(device)
         if bf16 and self.device.type != "cuda":
@@ -60,9 +67,21 @@ class Simulator:
         self.standardizer = standardizer
         self.bf16, self.batch_size = bf16, batch_size
         self.metadata = metadata or {}
+        # Compiled graphs are specialised to a shape: batches are padded up to a few fixed buckets
+        # (powers of two up to batch_size), so a server compiles each bucket once, at warm-up.
+        self.buckets = bucket_sizes(batch_size) if compile else None
+        self._forward = torch.compile(self.generator, dynamic=False) if compile else self.generator
+        self._pinned = self.device.type == "cuda"  # page-locked host buffers: asynchronous copies
+
+    def warmup(self) -> None:
+        """Run every batch bucket once (compiles them when compiled), so no request pays for it."""
+        raw = np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]], np.float32)  # a 2.5 TeV neutron
+        for n in self.buckets or [1, self.batch_size]:
+            self.simulate_latents(np.repeat(raw, n, 0), self.latents(n, 0))
 
     @classmethod
-    def load(cls, path=None, *, device=None, bf16: bool = False, batch_size: int = DEFAULT_BATCH) -> "Simulator":
+    def load(cls, path=None, *, device=None, bf16: bool = False, batch_size: int = DEFAULT_BATCH,
+             compile: bool = False) -> "Simulator":
         """Load a checkpoint written by `zdc-sim train` (best or last), or the default model."""
         path = default_model_path() if path is None else Path(path)
         tensors, meta = checkpoint.load(path)
@@ -76,7 +95,7 @@ class Simulator:
                 f"checkpoint '{path}' does not hold a generator this version can load ({type(exc).__name__}: "
                 f"{str(exc)[:300]}); expected the 'model', 'standardizer' metadata and 'generator.*' tensors"
             ) from None
-        return cls(generator, standardizer, device=device, bf16=bf16, batch_size=batch_size,
+        return cls(generator, standardizer, device=device, bf16=bf16, batch_size=batch_size, compile=compile,
                    metadata=meta)
 
     @property
@@ -87,18 +106,27 @@ class Simulator:
     def simulate(self, particle_features, seed: int | None = None) -> Simulation:
         """Simulate one response per row of `particle_features` (N, 9).
 
-        Latents are drawn up front on the CPU, row by row from `seed`, so a seed gives the same
+        Latents are drawn up front on the CPU from `seed` (see `latents`), so a seed gives the same
         responses whatever the batch size, and the first k rows of N particles get the same
         responses as those k particles alone (up to float rounding of batched kernels).
         """
         raw = features.validate(particle_features)
         return self.simulate_latents(raw, self.latents(len(raw), seed))
 
-    def latents(self, n: int, seed: int | None = None) -> np.ndarray:
-        """The (n, latent_dim) float32 latents `simulate` uses for n particles and `seed` (random if None)."""
+    def latents(self, n: int, seed: int | None = None, start: int = 0) -> np.ndarray:
+        """The (n, latent_dim) float32 latents of rows start .. start + n - 1 for `seed` (random if
+        None). Rows come in blocks of LATENT_BLOCK drawn from numpy generators seeded (seed, block),
+        so any row range is found without drawing what comes before it: an export that resumes at
+        entry k, or reads in chunks of any size, gets the same latents as one pass."""
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
-        return np.random.default_rng(int(seed)).standard_normal((n, self.latent_dim), np.float32)
+        first, last = start // LATENT_BLOCK, (start + n - 1) // LATENT_BLOCK
+        if n <= 0:
+            return np.empty((0, self.latent_dim), np.float32)
+        blocks = [np.random.default_rng([int(seed), b]).standard_normal((LATENT_BLOCK, self.latent_dim), np.float32)
+                  for b in range(first, last + 1)]
+        offset = start - first * LATENT_BLOCK
+        return np.concatenate(blocks)[offset : offset + n]
 
     @torch.inference_mode()
     def simulate_latents(self, raw_features: np.ndarray, latents: np.ndarray) -> Simulation:
@@ -118,7 +146,19 @@ class Simulator:
         return self.metadata.get("checksum", "sha256:unknown").split(":")[1][:12]
 
     def _counts(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        n = len(z)
+        if self.buckets is not None:  # pad to the bucket's fixed shape; the padding rows are dropped
+            size = next(b for b in self.buckets if b >= n)
+            z, x = (torch.cat([t, t.new_zeros(size - n, t.shape[1])]) if size > n else t for t in (z, x))
+        if self._pinned:
+            z, x = z.pin_memory(), x.pin_memory()
         z, x = z.to(self.device, non_blocking=True), x.to(self.device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            log_counts = self.generator(z, x)
-        return torch.expm1(log_counts[:, 0].float())
+            log_counts = self._forward(z, x)
+        counts = torch.expm1(log_counts[:n, 0].float())
+        if self._pinned:  # copy back into page-locked memory without blocking, then wait once
+            host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
+            host.copy_(counts, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            return host
+        return counts

@@ -1,0 +1,109 @@
+"""Batch export end to end: particles/s beside the in-process Simulator and plain uproot writing,
+and the peak memory (RSS) of the export process for 1e5 and 1e6 particles.
+
+    python bench/export.py [--sizes 100000,1000000] [--out bench/out/export] [--device cpu]
+
+Each export runs in its own process (`zdc-sim export ... --seed 1`), so its peak RSS is its own.
+Outputs are deleted after measuring (1e6 responses are 7.7 GB).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import uproot
+
+from zdc_sim import export, features, io, reference
+from zdc_sim.simulator import Simulator
+
+CHUNK = export.DEFAULT_CHUNK
+
+MEASURE = """
+import json, resource, sys, time
+from zdc_sim.cli import main
+t = time.perf_counter()
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "seconds": time.perf_counter() - t,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def particles_file(path: Path, n: int) -> Path:
+    if not path.exists():
+        types = {name: np.dtype(np.float32) for name in features.NAMES}
+        rng = np.random.default_rng(n)
+        with io.RootWriter(path, types) as writer:
+            for start in range(0, n, 100_000):
+                feats, _ = reference.sample_particles(min(100_000, n - start), rng)
+                writer.write({name: feats[:, i] for i, name in enumerate(features.NAMES)})
+    return path
+
+
+def in_process(device: str, seconds: float = 10.0) -> float:
+    sim = Simulator.load(device=device)
+    feats, _ = reference.sample_particles(CHUNK, np.random.default_rng(0))
+    raw = features.validate(feats)
+    sim.simulate(raw[:256], seed=0)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        sim.simulate_latents(raw, sim.latents(len(raw), 1, n))
+        n += len(raw)
+    return n / (time.perf_counter() - started)
+
+
+def plain_uproot(folder: Path, entries: int = 4 * CHUNK) -> float:
+    """Entries/s of uproot writing the export's branches from memory (the same basket size)."""
+    rng = np.random.default_rng(0)
+    chunk = {name: rng.random(CHUNK, np.float32) for name in features.NAMES}
+    chunk["response"] = rng.random((CHUNK, 44, 44), np.float32) * 100
+    chunk.update({f"channel_{i}": rng.random(CHUNK, np.float32) for i in range(1, 6)})
+    path = folder / "plain.root"
+    started = time.perf_counter()
+    with uproot.recreate(path) as f:
+        tree = f.mktree("zdc", {k: (v.dtype, v.shape[1:]) if v.ndim > 1 else v.dtype for k, v in chunk.items()})
+        for _ in range(entries // CHUNK):
+            tree.extend(chunk)
+    rate = entries / (time.perf_counter() - started)
+    path.unlink()
+    return rate
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--out", default="bench/out/export")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    ceiling = in_process(args.device)
+    writing = plain_uproot(folder)
+    print(f"in-process Simulator (chunks of {CHUNK}): {ceiling:,.0f} particles/s; "
+          f"plain uproot writing of the same branches: {writing:,.0f} entries/s")
+    peaks = {}
+    for n in map(int, args.sizes.split(",")):
+        source = particles_file(folder / f"particles-{n}.root", n)
+        target = folder / f"out-{n}.root"
+        run = subprocess.run([sys.executable, "-c", MEASURE, "export", str(source), "--out", str(target), "--seed", "1",
+                              "--device", args.device, "--quiet"], capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"export of {n} particles failed:\n{run.stderr}")
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        size_gb = target.stat().st_size / 1e9
+        target.unlink()
+        rate = n / result["seconds"]
+        peaks[n] = result["peak_rss_mb"]
+        print(f"{n:>9,} particles: {result['seconds']:7.1f} s, {rate:,.0f} particles/s = {rate / ceiling:.0%} of "
+              f"in-process; output {size_gb:.2f} GB; peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
+    if len(peaks) >= 2:
+        small, large = min(peaks), max(peaks)
+        print(f"peak memory {small:,} -> {large:,} particles: {peaks[small]:,.0f} -> {peaks[large]:,.0f} MB "
+              f"({peaks[large] / peaks[small] - 1:+.0%})")
+
+
+if __name__ == "__main__":
+    main()

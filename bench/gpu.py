@@ -1,0 +1,128 @@
+"""GPU throughput of the shipped model: Simulator samples/s at batch sizes up to 65536, fp32 vs bf16,
+eager vs compiled (end to end: latents, standardisation, host <-> device copies), the generator alone
+on device-resident inputs, served particles/s over loopback (binary), FLOPs per sample and the
+fraction of the GPU's peak that this reaches. Prints a markdown table; --results appends it to a file.
+
+    python bench/gpu.py [--device cuda] [--sizes 1024,8192,65536] [--results bench/RESULTS.md]
+
+Runs on CPU too (--device cpu --sizes 256 --no-serve) as a check of the code path, not for figures.
+"""
+
+import argparse
+import asyncio
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zdc_sim import features, reference
+from zdc_sim.models import generator_flops_per_sample
+from zdc_sim.simulator import Simulator
+
+# the load generator of bench/service.py (loaded by path: `service` is also the app's package)
+_spec = importlib.util.spec_from_file_location("bench_service", Path(__file__).with_name("service.py"))
+bench_service = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_service)
+
+# Dense peak FLOP/s from the vendors' data sheets (SXM parts; bf16 on tensor cores, fp32 without).
+PEAKS = {"H100": {"bf16": 989e12, "fp32": 67e12}, "H200": {"bf16": 989e12, "fp32": 67e12},
+         "A100": {"bf16": 312e12, "fp32": 19.5e12}}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def end_to_end(sim: Simulator, batch: int, seconds: float) -> float:
+    feats, _ = reference.sample_particles(batch, np.random.default_rng(0))
+    raw = features.validate(feats)
+    z = sim.latents(batch, 1)
+    sim.simulate_latents(raw, z)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or n == 0:
+        sim.simulate_latents(raw, z)
+        n += batch
+    return n / (time.perf_counter() - started)
+
+
+@torch.inference_mode()
+def generator_only(sim: Simulator, batch: int, seconds: float) -> float:
+    device = sim.device
+    feats, _ = reference.sample_particles(batch, np.random.default_rng(0))
+    x = torch.from_numpy(sim.standardizer.transform(features.validate(feats))).to(device)
+    z = torch.randn(batch, sim.latent_dim, device=device)
+    forward = sim._forward
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=sim.bf16):
+        forward(z, x)
+        _sync(device)
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds or n == 0:
+            forward(z, x)
+            n += batch
+        _sync(device)
+    return n / (time.perf_counter() - started)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sizes", default="1024,8192,65536")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-serve", dest="serve", action="store_false")
+    parser.add_argument("--results", help="append the table to this markdown file")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    flops = generator_flops_per_sample()
+    peak = next((v for k, v in PEAKS.items() if k in name), None)
+    lines = [f"### {name}, torch {torch.__version__}", "",
+             f"Generator: {flops / 1e6:.1f} MFLOPs per sample. Peak used for the fraction: "
+             f"{'bf16 %.0f / fp32 %.1f TFLOP/s' % (peak['bf16'] / 1e12, peak['fp32'] / 1e12) if peak else 'unknown'}.", "",
+             "| precision | mode | batch | end to end samples/s | generator only samples/s | TFLOP/s | of peak |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for bf16 in ([False, True] if device.type == "cuda" else [False]):
+        for compiled in ([False, True] if args.compile else [False]):
+            for batch in sizes:
+                sim = Simulator.load(device=device, bf16=bf16, batch_size=batch, compile=compiled)
+                if compiled:
+                    sim.buckets = [batch]  # one bucket: only this size is compiled
+                    sim.warmup()
+                e2e = end_to_end(sim, batch, args.seconds)
+                gen = generator_only(sim, batch, args.seconds)
+                tflops = gen * flops / 1e12
+                fraction = f"{tflops * 1e12 / peak['bf16' if bf16 else 'fp32']:.1%}" if peak else "-"
+                line = (f"| {'bf16' if bf16 else 'fp32'} | {'compiled' if compiled else 'eager'} | {batch:,} | "
+                        f"{e2e:,.0f} | {gen:,.0f} | {tflops:.2f} | {fraction} |")
+                lines.append(line)
+                print(line, flush=True)
+                del sim
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    if args.serve:
+        proc, url = bench_service.start_server(True, args.device, extra=["--bf16"] if device.type == "cuda" else [],
+                                 max_batch=max(sizes))
+        try:
+            lines += ["", "| served (binary, loopback) | clients | particles/request | particles/s | p50 ms | p99 ms |",
+                      "|---|---|---|---|---|---|"]
+            for clients, particles in ((8, 1024), (64, 1024), (8, 8192)):
+                r = asyncio.run(bench_service.drive(url, clients, particles, True, args.seconds * 2))
+                line = (f"| dynamic batching, {'bf16' if device.type == 'cuda' else 'fp32'} | {clients} | {particles:,} | {r['particles_s']:,.0f} | "
+                        f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+                lines.append(line)
+                print(line, flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    if args.results:
+        with open(args.results, "a") as f:
+            f.write("\n".join(lines) + "\n\n")
+
+
+if __name__ == "__main__":
+    main()

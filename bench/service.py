@@ -1,0 +1,142 @@
+"""Served throughput and latency over loopback, beside the in-process Simulator as the ceiling.
+
+Starts `zdc-sim serve` (the shipped model) with dynamic batching on, then off, and drives it with
+1, 8 and 64 concurrent clients (asyncio + httpx, keep-alive), for 1-particle and 1024-particle
+requests, JSON and binary (.npy in, raw float32 out), each for --seconds. Prints one table:
+particles/s, requests/s, latency p50 / p99, and the ratio to the in-process figure.
+
+    python bench/service.py [--seconds 5] [--device cpu]
+"""
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+
+from zdc_sim import reference
+from zdc_sim.simulator import Simulator
+
+
+def in_process(device: str, batch: int, seconds: float) -> float:
+    sim = Simulator.load(device=device)
+    feats, _ = reference.sample_particles(batch, np.random.default_rng(0))
+    sim.simulate(feats, seed=0)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        sim.simulate(feats, seed=n)
+        n += batch
+    return n / (time.perf_counter() - started)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(batching: bool, device: str, extra=(), max_batch: int = 1024) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "zdc_sim", "serve", "--port", str(port), "--device", device, "--log-level", "warning",
+           "--max-batch-size", str(max_batch), *extra]
+    proc = subprocess.Popen(cmd + ([] if batching else ["--no-batching"]))
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health/ready").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def request_kwargs(particles: int, binary: bool) -> dict:
+    feats, _ = reference.sample_particles(particles, np.random.default_rng(1))
+    if binary:
+        buffer = io.BytesIO()
+        np.save(buffer, feats.astype(np.float32))
+        return {"content": buffer.getvalue(), "params": {"seed": 1},
+                "headers": {"Content-Type": "application/x-npy", "Accept": "application/octet-stream"}}
+    return {"content": json.dumps({"particles": feats.tolist(), "seed": 1}),
+            "headers": {"Content-Type": "application/json"}}
+
+
+async def drive(url: str, clients: int, particles: int, binary: bool, seconds: float) -> dict:
+    kwargs = request_kwargs(particles, binary)
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        stop = time.perf_counter() + seconds
+
+        async def one_client():
+            nonlocal errors
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await client.post("/v1/simulate", **kwargs)
+                await r.aread()
+                if r.status_code != 200:
+                    errors += 1
+                latencies.append(time.perf_counter() - t)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    lat = np.array(latencies) * 1000
+    return {"requests_s": len(lat) / elapsed, "particles_s": len(lat) * particles / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "errors": errors}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clients", default="1,8,64")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPU cores; device {args.device}; {args.seconds:.0f} s per row")
+    ceiling = {b: in_process(args.device, b, args.seconds) for b in (1, 1024)}
+    print(f"in-process Simulator: {ceiling[1]:,.0f} particles/s at batch 1, {ceiling[1024]:,.0f} at batch 1024")
+    rows = []
+    for batching in (True, False):
+        proc, url = start_server(batching, args.device)
+        try:
+            for particles in (1, 1024):
+                for binary in (True, False):
+                    for clients in map(int, args.clients.split(",")):
+                        r = asyncio.run(drive(url, clients, particles, binary, args.seconds))
+                        r.update(batching=batching, particles=particles, binary=binary, clients=clients)
+                        rows.append(r)
+                        print(f"batching {'on ' if batching else 'off'} | {particles:5d} particles/request | "
+                              f"{'binary' if binary else 'JSON  '} | {clients:3d} clients | "
+                              f"{r['particles_s']:9,.0f} particles/s | {r['requests_s']:7,.1f} req/s | "
+                              f"p50 {r['p50_ms']:8.1f} ms | p99 {r['p99_ms']:8.1f} ms | "
+                              f"{r['particles_s'] / ceiling[1024]:5.0%} of in-process batch 1024 | errors {r['errors']}",
+                              flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+    def pick(batching, particles, binary, clients):
+        return next(r for r in rows if (r["batching"], r["particles"], r["binary"], r["clients"]) ==
+                    (batching, particles, binary, clients))
+
+    top = max(map(int, args.clients.split(",")))
+    best_binary = max(pick(True, 1024, True, c)["particles_s"] for c in map(int, args.clients.split(",")))
+    on, off = pick(True, 1, True, top)["particles_s"], pick(False, 1, True, top)["particles_s"]
+    print(f"binary 1024-particle requests, best over client counts: {best_binary:,.0f} particles/s = "
+          f"{best_binary / ceiling[1024]:.0%} of in-process ({ceiling[1024]:,.0f})")
+    print(f"single-particle binary requests at {top} clients: batching on {on:,.0f} vs off {off:,.0f} particles/s "
+          f"= {on / off:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import uproot
+
+from zdc_sim import export, features, geometry, io, reference
+from zdc_sim.errors import RootFileError, ZdcError
+from zdc_sim.simulator import Simulator
+
+
+
+def write_particles(path, n=50, seed=5, tree="zdc"):
+    feats, _ = reference.sample_particles(n, np.random.default_rng(seed))
+    types = {name: np.dtype(np.float32) for name in features.NAMES}
+    with io.RootWriter(path, types, tree=tree) as w:
+        w.write({name: feats[:, i] for i, name in enumerate(features.NAMES)})
+    return features.validate(feats)
+
+
+@pytest.fixture(scope="module")
+def sim(tiny_checkpoint):
+    return Simulator.load(tiny_checkpoint, device="cpu")
+
+
+def _arrays(path, tree="zdc"):
+    with uproot.open(path) as f:
+        return f[tree].arrays(library="np")
+
+
+def test_round_trip_branch_by_branch(tmp_path, sim):
+    feats = write_particles(tmp_path / "in.root")
+    result = export.export_file(tmp_path / "in.root", tmp_path / "out.root", sim, seed=3, chunk_size=16, progress=False)
+    assert result.entries == 50
+    out = _arrays(tmp_path / "out.root")
+    assert sorted(out) == sorted(list(features.NAMES) + ["response"] + [f"channel_{i}" for i in range(1, 6)])
+    for i, name in enumerate(features.NAMES):
+        np.testing.assert_array_equal(out[name], feats[:, i])
+    assert out["response"].shape == (50, 44, 44) and out["response"].dtype == np.float32
+    np.testing.assert_allclose(out["response"], sim.simulate(feats, seed=3).counts, rtol=1e-5)
+    channels = np.stack([out[f"channel_{i}"] for i in range(1, 6)], 1)
+    np.testing.assert_allclose(channels, geometry.channel_sums(out["response"]), rtol=1e-5)
+    prov = io.read_provenance(tmp_path / "out.root")
+    assert prov["seed"] == 3 and prov["model_version"] == sim.model_version and prov["entries"] == 50
+    assert prov["model_checksum"].startswith("sha256:") and prov["input_checksum"].startswith("sha256:")
+    assert not list(tmp_path.glob(".*"))  # no partial file or manifest left
+
+
+def test_output_does_not_depend_on_chunk_size_and_channels_only(tmp_path, sim):
+    write_particles(tmp_path / "in.root", n=40)
+    for chunk in (7, 1000):
+        export.export_file(tmp_path / "in.root", tmp_path / f"c{chunk}.root", sim, seed=9, chunk_size=chunk, progress=False)
+    a, b = _arrays(tmp_path / "c7.root"), _arrays(tmp_path / "c1000.root")
+    np.testing.assert_allclose(a["response"], b["response"], rtol=1e-5)
+    export.export_file(tmp_path / "in.root", tmp_path / "ch.root", sim, seed=9, channels_only=True, progress=False)
+    c = _arrays(tmp_path / "ch.root")
+    assert "response" not in c
+    np.testing.assert_allclose(c["channel_5"], a["channel_5"], rtol=1e-5)
+
+
+def test_resume_after_an_interrupt_gives_the_same_file(tmp_path, sim):
+    write_particles(tmp_path / "in.root", n=50)
+    export.export_file(tmp_path / "in.root", tmp_path / "straight.root", sim, seed=4, chunk_size=10, progress=False)
+    calls = []
+
+    def interrupted(raw, latents):
+        calls.append(len(raw))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return sim.simulate_latents(raw, latents)
+
+    out = tmp_path / "resumed.root"
+    with pytest.raises(KeyboardInterrupt):
+        export.export_file(tmp_path / "in.root", out, sim, seed=4, chunk_size=10, progress=False, simulate=interrupted)
+    assert not out.exists() and export.partial_path(out).exists()
+    with pytest.raises(ZdcError, match=r"other \['seed'\]"):
+        export.export_file(tmp_path / "in.root", out, sim, seed=5, chunk_size=10, progress=False, resume=True)
+    result = export.export_file(tmp_path / "in.root", out, sim, seed=4, chunk_size=10, progress=False, resume=True)
+    assert 10 <= result.resumed_from <= 30 and result.entries == 50
+    a, b = _arrays(tmp_path / "straight.root"), _arrays(out)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, err_msg=name)
+    assert not export.partial_path(out).exists()
+
+
+@pytest.mark.parametrize("make_bad,words", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b"root" * 100), "not a readable ROOT file"),
+    (lambda p: p.write_bytes(open(p.with_name("in.root"), "rb").read()[:3000]), "corrupt"),
+])
+def test_bad_input_leaves_no_output(tmp_path, sim, make_bad, words):
+    write_particles(tmp_path / "in.root", n=2000)
+    bad = tmp_path / "bad.root"
+    make_bad(bad)
+    with pytest.raises(RootFileError, match=words):
+        export.export_file(bad, tmp_path / "out.root", sim, seed=1, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.root", "in.root"][not bad.exists():]
+
+
+def test_missing_branch_is_named(tmp_path, sim):
+    with io.RootWriter(tmp_path / "in.root", {"energy": np.float32}) as w:
+        w.write({"energy": np.ones(3, np.float32)})
+    with pytest.raises(RootFileError, match="missing branch.*'vx'"):
+        export.export_file(tmp_path / "in.root", tmp_path / "out.root", sim, progress=False)
+    assert not (tmp_path / "out.root").exists()
+
+
+def test_cli_several_inputs_on_dask_one_bad(tmp_path, tiny_checkpoint):
+    write_particles(tmp_path / "a.root", n=30)
+    write_particles(tmp_path / "events.root", n=20, tree="events")
+    (tmp_path / "c.root").write_bytes(b"not root at all" * 10)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.run([sys.executable, "-m", "zdc_sim", "export", str(tmp_path / "a.root"), str(tmp_path / "c.root"),
+                          "--out", str(out), "--seed", "2", "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                          "--workers", "2", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "1 of 2 inputs exported; 1 failed" in run.stdout and "not a readable ROOT file" in run.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.zdcsim.root"]
+    assert _arrays(out / "a.zdcsim.root")["channel_1"].shape == (30,)
+    # one input with another tree name
+    run = subprocess.run([sys.executable, "-m", "zdc_sim", "export", str(tmp_path / "events.root"), "--tree", "events",
+                          "--out", str(tmp_path / "e.root"), "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                          "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert _arrays(tmp_path / "e.root", "events")["response"].shape == (20, 44, 44)

@@ -1,0 +1,251 @@
+"""ROOT in -> ROOT out batch simulation: read the particle branches of a file in chunks, simulate,
+write a TTree of the particles with their simulated responses and channel sums.
+
+Reading, simulating and writing overlap (a reader and a writer thread around the simulating
+one, joined by queues of at most two chunks, so memory stays bounded whatever the file size).
+The output is written to a partial file beside it (`.NAME.partial`) that is renamed when complete;
+ROOT files written by uproot are readable after every basket, so after a kill `resume=True`
+copies the complete entries of the partial file and continues from there. Latents come from
+`Simulator.latents(n, seed, start)`, so with a seed the output is the same whatever the chunk size
+and however often the job was resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import uproot
+from tqdm import tqdm
+
+from . import __version__, checkpoint, features, io
+from .errors import ZdcError
+from .geometry import N_CHANNELS
+from .simulator import Simulation, Simulator
+
+DEFAULT_CHUNK = 8192
+CHANNEL_BRANCHES = tuple(f"channel_{i}" for i in range(1, N_CHANNELS + 1))
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    input: str
+    output: str
+    entries: int
+    seconds: float
+    resumed_from: int = 0
+
+    @property
+    def particles_per_second(self) -> float:
+        return self.entries / self.seconds if self.seconds > 0 else 0.0
+
+
+def output_branch_types(channels_only: bool) -> dict[str, np.dtype]:
+    types = {name: np.dtype(np.float32) for name in features.NAMES}
+    if not channels_only:
+        types[io.RESPONSE] = io.RESPONSE_TYPE
+    types.update({name: np.dtype(np.float32) for name in CHANNEL_BRANCHES})
+    return types
+
+
+def partial_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.partial")
+
+
+def _threaded(iterable, size: int = 2):
+    """Iterate `iterable` in a background thread, at most `size` items ahead; re-raises its errors."""
+    items: queue.Queue = queue.Queue(size)
+
+    def produce():
+        try:
+            for item in iterable:
+                items.put(item)
+            items.put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            items.put(exc)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while True:
+        item = items.get()
+        if item is _DONE:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def export_file(input_path, output_path, simulator: Simulator, *, seed: int | None = None,
+                chunk_size: int = DEFAULT_CHUNK, schema: io.Schema = io.Schema(), tree: str = io.TREE,
+                channels_only: bool = False, resume: bool = False, progress: bool = True,
+                simulate: Callable[[np.ndarray, np.ndarray], Simulation] | None = None) -> ExportResult:
+    """Simulate every particle of `input_path` into `output_path`. `seed` None draws one at random
+    (recorded in the provenance). `simulate(raw_features, latents)` replaces the simulator's own
+    forward pass (the service routes it through its batcher)."""
+    started = time.perf_counter()
+    input_path, output_path = Path(input_path), Path(output_path)
+    if chunk_size < 1:
+        raise ZdcError(f"chunk size is {chunk_size}; expected >= 1")
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") >> 1  # random, but recorded in the provenance
+    total = io.num_entries(input_path, schema)
+    provenance = {"model": simulator.metadata.get("model_size", "custom"), "model_version": simulator.model_version,
+                  "model_checksum": simulator.metadata.get("checksum"), "seed": int(seed),
+                  "code_version": __version__, "input": str(input_path),
+                  "input_checksum": checkpoint.file_fingerprint(input_path), "entries": total,
+                  "channels_only": channels_only}
+    partial = partial_path(output_path)
+    manifest = partial.with_name(partial.name + ".json")
+    done = _resumable_entries(partial, manifest, provenance, tree) if resume else 0
+    simulate = simulate or simulator.simulate_latents
+    types = output_branch_types(channels_only)
+
+    def chunks():
+        for part in io.iterate(input_path, schema, parts=(io.FEATURES,), step_size=chunk_size, entry_start=done):
+            yield part[io.FEATURES]
+
+    carried = _read_partial(partial, tree, done) if done else None
+    manifest.write_text(json.dumps(provenance, sort_keys=True))
+    bar = tqdm(total=total, initial=done, unit="particle", unit_scale=True, desc=input_path.name, disable=not progress)
+    objects = {"provenance": json.dumps(provenance, sort_keys=True)}
+    try:
+        # one basket per chunk (at most io's usual size): a kill loses at most the chunk in flight
+        with io.RootWriter(output_path, types, tree=tree, objects=objects, partial=partial,
+                           basket_entries=min(chunk_size, io.WRITE_BASKET_ENTRIES)) as writer:
+            if carried is not None:
+                writer.write(carried)
+            outputs: queue.Queue = queue.Queue(2)
+            writer_thread = _Writer(writer, outputs)
+            writer_thread.start()
+            start = done
+            try:
+                for raw in _threaded(chunks()):
+                    sim = simulate(raw, simulator.latents(len(raw), seed, start))
+                    row = {name: raw[:, i] for i, name in enumerate(features.NAMES)}
+                    if not channels_only:
+                        row[io.RESPONSE] = sim.counts
+                    row.update({name: sim.channels[:, i] for i, name in enumerate(CHANNEL_BRANCHES)})
+                    outputs.put(row)
+                    writer_thread.check()
+                    start += len(raw)
+                    bar.update(len(raw))
+            finally:
+                outputs.put(_DONE)
+                writer_thread.join()
+                bar.close()
+            writer_thread.check()
+    except KeyboardInterrupt:
+        raise  # the partial file and its manifest stay for --resume
+    except BaseException:
+        manifest.unlink(missing_ok=True)  # RootWriter removed the partial file: nothing is left
+        raise
+    manifest.unlink(missing_ok=True)
+    return ExportResult(str(input_path), str(output_path), total, time.perf_counter() - started, done)
+
+
+class _Writer(threading.Thread):
+    """Writes chunks from a queue so that compression and disk writes overlap the simulation."""
+
+    def __init__(self, writer: io.RootWriter, items: queue.Queue):
+        super().__init__(daemon=True)
+        self.writer, self.items, self.error = writer, items, None
+
+    def run(self):
+        while (item := self.items.get()) is not _DONE:
+            if self.error is None:
+                try:
+                    self.writer.write(item)
+                except BaseException as exc:
+                    self.error = exc
+
+    def check(self):
+        if self.error is not None:
+            raise self.error
+
+
+def _resumable_entries(partial: Path, manifest: Path, provenance: dict, tree: str) -> int:
+    """Complete entries of an earlier, interrupted export of the same input, model and seed."""
+    if not partial.exists() or not manifest.exists():
+        return 0
+    try:
+        previous = json.loads(manifest.read_text())
+        if previous != provenance:
+            changed = sorted(k for k in provenance if previous.get(k) != provenance[k])
+            raise ZdcError(f"--resume: the partial export '{partial}' was made with other {changed}; expected the "
+                           f"same input, model, seed and options (or start afresh without --resume)")
+        with uproot.open(partial) as file:
+            return int(file[tree].num_entries)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ZdcError(f"--resume: the partial export '{partial}' cannot be read ({exc}); "
+                       f"expected the file an interrupted export left, or start afresh without --resume") from None
+
+
+def _read_partial(partial: Path, tree: str, entries: int) -> dict[str, np.ndarray]:
+    with uproot.open(partial) as file:
+        arrays = file[tree].arrays(library="np", entry_stop=entries)
+    return {name: np.asarray(values) for name, values in arrays.items()}
+
+
+def output_name(input_path: Path, out_dir: Path) -> Path:
+    return out_dir / f"{input_path.stem}.zdcsim.root"
+
+
+def _export_task(input_path: str, output_path: str, checkpoint_path: str | None, device: str, options: dict) -> dict:
+    """One input on a Dask worker (the simulator is loaded once per worker process)."""
+    simulator = _WORKER_SIMULATORS.get((checkpoint_path, device))
+    if simulator is None:
+        simulator = _WORKER_SIMULATORS[(checkpoint_path, device)] = Simulator.load(checkpoint_path, device=device)
+    try:
+        result = export_file(input_path, output_path, simulator, progress=False, **options)
+        return {**asdict(result), "ok": True, "error": None}
+    except ZdcError as exc:
+        return {"input": input_path, "output": output_path, "entries": 0, "seconds": 0.0, "resumed_from": 0,
+                "ok": False, "error": str(exc)}
+
+
+_WORKER_SIMULATORS: dict = {}
+
+
+def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str = "cpu", scheduler: str | None = None,
+                workers: int = 2, **options) -> list[dict]:
+    """Each input to `out_dir/<stem>.zdcsim.root`, in parallel on Dask distributed: a local cluster
+    of `workers` processes, or the cluster at `scheduler`. Returns one summary row per input; a
+    failed input does not stop the others."""
+    from dask.distributed import Client, LocalCluster
+
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ZdcError(f"output folder '{out_dir}' does not exist; expected a folder for {len(inputs)} outputs")
+    outputs = [str(output_name(Path(p), out_dir)) for p in inputs]
+    if len(set(outputs)) != len(outputs):
+        raise ZdcError("several inputs share a file name; expected distinct names (outputs are <stem>.zdcsim.root)")
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        with Client(scheduler or cluster) as client:
+            futures = client.map(_export_task, inputs, outputs, checkpoint_path=checkpoint_path, device=device,
+                                 options=options, pure=False)
+            return client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def format_summary(rows: list[dict]) -> str:
+    lines = [f"{'input':<40} {'entries':>10} {'seconds':>8} {'particles/s':>12}  status"]
+    for r in rows:
+        rate = r["entries"] / r["seconds"] if r["seconds"] else 0.0
+        status = "ok" if r["ok"] else f"FAILED: {r['error']}"
+        lines.append(f"{Path(r['input']).name:<40} {r['entries']:>10} {r['seconds']:>8.1f} {rate:>12,.0f}  {status}")
+    failed = sum(not r["ok"] for r in rows)
+    lines.append(f"{len(rows) - failed} of {len(rows)} inputs exported" + (f"; {failed} failed" if failed else ""))
+    return "\n".join(lines)
+
