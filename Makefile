@@ -9,7 +9,7 @@ DATASET ?= data/reference.root
 HELDOUT ?= data/heldout.root
 MODEL_DIR := zdc_sim/default_model
 
-.PHONY: run test bench clean default-model
+.PHONY: run test bench bench-regularizers clean default-model
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/rootio.py
 	$(BIN)/python bench/metric_sanity.py
 	$(BIN)/python bench/simulator.py
+	$(BIN)/python bench/service.py
+	$(BIN)/python bench/export.py
+
+# The five diversity regularizers and the plain cGAN on the synthetic benchmarks and on reference
+# ZDC data, 3 seeds each (about an hour on 2 CPU cores); writes bench/out/regularizers/.
+bench-regularizers: $(STAMP)
+	$(BIN)/zdc-sim bench regularizers --out bench/out/regularizers --workers 2
 
 # Reproduces the shipped default model (hours on 2 CPU cores) and the SDI vs plain cGAN comparison
 # of the README: same architecture, data, seed and epochs; only the regularizer differs.
