@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from zdc_sim import __version__, features, reference
+from zdc_sim import __version__, features
 from zdc_sim import io as io_module
 from zdc_sim.export import export_file
 from zdc_sim.errors import ZdcError
@@ -156,11 +156,6 @@ def _binary_response(sim: Simulation, output: str, accept: str, headers: dict) -
     return Response(body, media_type=OCTET, headers=headers)
 
 
-def _warmup_particles(n: int) -> np.ndarray:
-    feats, _ = reference.sample_particles(n, np.random.default_rng(0))
-    return features.validate(feats)
-
-
 class _Observe:
     """Pure ASGI middleware (cheaper per request than BaseHTTPMiddleware): adds the model name and
     version headers to every answer and records requests, failures and latency by route."""
@@ -212,8 +207,7 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
                                  settings.max_queue_particles, settings.dynamic_batching,
                                  observe=state.metrics.observe_batch)
         batcher.start()
-        for n in sorted({1, min(settings.max_batch_size, settings.max_queue_particles)}):  # warm-up: kernels, lazy init
-            await batcher.simulate(_warmup_particles(n), sim.latents(n, 0))
+        state.metrics.pending.set_function(lambda: batcher.pending)
         state.batcher, state.ready = batcher, True
         try:
             yield
@@ -273,7 +267,7 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": SimulateRequest.model_json_schema()},
                   NPY: {"schema": {"type": "string", "format": "binary"}}}}})
-    async def simulate(request: Request, seed: int | None = None,
+    async def simulate(request: Request, seed: int | None = Query(None, ge=0, le=MAX_SEED),
                        output: Literal["responses", "channels", "both"] = "both"):
         """JSON {"particles": [[9 floats], ...]} or {"columns": {...}}, or an .npy (N, 9) body with
         Content-Type application/x-npy (seed and output then come from the query). Answers JSON, or
@@ -282,8 +276,6 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
         body = await read_body(request, settings.max_request_bytes)
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if content_type == NPY:
-            if seed is not None and not 0 <= seed <= MAX_SEED:
-                raise ServiceError(422, f"field 'seed': {seed} is out of range; expected 0 to {MAX_SEED}")
             raw = _npy_features(body)
         elif content_type in ("application/json", ""):
             try:
@@ -309,13 +301,11 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
               openapi_extra={"requestBody": {"required": True, "content": {
                   OCTET: {"schema": {"type": "string", "format": "binary"}}}}},
               response_class=Response, responses={200: {"content": {OCTET: {}}}})
-    async def export_route(request: Request, seed: int | None = None, channels_only: bool = False,
-                           tree: str = io_module.TREE):
+    async def export_route(request: Request, seed: int | None = Query(None, ge=0, le=MAX_SEED),
+                           channels_only: bool = False, tree: str = io_module.TREE):
         """The body is the ROOT file (at most max_export_bytes); the answer is the `zdc-sim export`
         output for it: the particle branches, `response` (unless channels_only), channel_1..5 and
         the provenance. Simulated through the same batcher as /v1/simulate."""
-        if seed is not None and not 0 <= seed <= MAX_SEED:
-            raise ServiceError(422, f"field 'seed': {seed} is out of range; expected 0 to {MAX_SEED}")
         if not state.ready:
             raise ServiceError(503, "the model is not loaded yet", {"Retry-After": "1"})
         body = await read_body(request, settings.max_export_bytes)

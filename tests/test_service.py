@@ -162,6 +162,8 @@ def test_metrics_count_requests_batches_and_particles(client):
     particles = [l for l in text.splitlines() if l.startswith("zdc_particles_simulated_total")]
     assert float(particles[0].split()[-1]) >= 4
     assert 'zdc_request_failures_total{code="422",route="/v1/simulate"}' in text
+    pending = [l for l in text.splitlines() if l.startswith("zdc_pending_particles{")]
+    assert len(pending) == 1 and float(pending[0].split()[-1]) == 0.0  # nothing queued between requests
 
 
 def _small_simulator(path):
