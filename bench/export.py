@@ -1,7 +1,7 @@
 """Batch export end to end: particles/s beside the in-process Simulator and plain uproot writing,
 and the peak memory (RSS) of the export process for 1e5 and 1e6 particles.
 
-    python bench/export.py [--sizes 100000,1000000] [--out bench/out/export] [--device cpu]
+    python bench/export.py [--sizes 100000,1000000] [--out bench/out/export] [--device cpu] [--compression none]
 
 Each export runs in its own process (`zdc-sim export ... --seed 1`), so its peak RSS is its own.
 Outputs are deleted after measuring (1e6 responses are 7.7 GB).
@@ -43,33 +43,36 @@ def particles_file(path: Path, n: int) -> Path:
     return path
 
 
-def in_process(device: str, seconds: float = 10.0) -> float:
+def in_process(device: str, seconds: float = 10.0) -> tuple[float, dict[str, np.ndarray]]:
+    """Particles/s of the Simulator on chunks of CHUNK, and the last chunk as the export writes it."""
     sim = Simulator.load(device=device)
     feats, _ = reference.sample_particles(CHUNK, np.random.default_rng(0))
     raw = features.validate(feats)
     sim.simulate(raw[:256], seed=0)
     n, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        sim.simulate_latents(raw, sim.latents(len(raw), 1, n))
+        out = sim.simulate_latents(raw, sim.latents(len(raw), 1, n))
         n += len(raw)
-    return n / (time.perf_counter() - started)
+    rate = n / (time.perf_counter() - started)
+    chunk = {name: raw[:, i] for i, name in enumerate(features.NAMES)}
+    chunk["response"] = out.counts
+    chunk.update({name: out.channels[:, i] for i, name in enumerate(export.CHANNEL_BRANCHES)})
+    return rate, chunk
 
 
-def plain_uproot(folder: Path, entries: int = 4 * CHUNK) -> float:
-    """Entries/s of uproot writing the export's branches from memory (the same basket size)."""
-    rng = np.random.default_rng(0)
-    chunk = {name: rng.random(CHUNK, np.float32) for name in features.NAMES}
-    chunk["response"] = rng.random((CHUNK, 44, 44), np.float32) * 100
-    chunk.update({f"channel_{i}": rng.random(CHUNK, np.float32) for i in range(1, 6)})
+def plain_uproot(folder: Path, chunk: dict[str, np.ndarray], compression: str, repeats: int = 3) -> tuple[float, float]:
+    """Entries/s of uproot writing one simulated chunk `repeats` times (the export's basket size),
+    and the file's size as a fraction of the uncompressed bytes."""
     path = folder / "plain.root"
     started = time.perf_counter()
-    with uproot.recreate(path) as f:
+    with uproot.recreate(path, compression=io.parse_compression(compression)) as f:
         tree = f.mktree("zdc", {k: (v.dtype, v.shape[1:]) if v.ndim > 1 else v.dtype for k, v in chunk.items()})
-        for _ in range(entries // CHUNK):
+        for _ in range(repeats):
             tree.extend(chunk)
-    rate = entries / (time.perf_counter() - started)
+    rate = repeats * CHUNK / (time.perf_counter() - started)
+    size = path.stat().st_size / (repeats * sum(v.nbytes for v in chunk.values()))
     path.unlink()
-    return rate
+    return rate, size
 
 
 def main():
@@ -77,19 +80,22 @@ def main():
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--out", default="bench/out/export")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compression", default=export.DEFAULT_COMPRESSION, help="as for zdc-sim export")
     args = parser.parse_args()
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
-    ceiling = in_process(args.device)
-    writing = plain_uproot(folder)
-    print(f"in-process Simulator (chunks of {CHUNK}): {ceiling:,.0f} particles/s; "
-          f"plain uproot writing of the same branches: {writing:,.0f} entries/s")
+    ceiling, chunk = in_process(args.device)
+    print(f"in-process Simulator (chunks of {CHUNK}): {ceiling:,.0f} particles/s")
+    for spec in dict.fromkeys([args.compression, "none", "zlib:1", "lz4:1", "zstd:1"]):
+        rate, size = plain_uproot(folder, chunk, spec)
+        print(f"plain uproot writing of the export's branches, compression {spec:>6}: {rate:8,.0f} entries/s, "
+              f"file {size:.1%} of the uncompressed bytes" + ("  <- used below" if spec == args.compression else ""))
     peaks = {}
     for n in map(int, args.sizes.split(",")):
         source = particles_file(folder / f"particles-{n}.root", n)
         target = folder / f"out-{n}.root"
         run = subprocess.run([sys.executable, "-c", MEASURE, "export", str(source), "--out", str(target), "--seed", "1",
-                              "--device", args.device, "--quiet"], capture_output=True, text=True)
+                              "--device", args.device, "--compression", args.compression, "--quiet"], capture_output=True, text=True)
         if run.returncode != 0:
             sys.exit(f"export of {n} particles failed:\n{run.stderr}")
         result = json.loads(run.stdout.strip().splitlines()[-1])

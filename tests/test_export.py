@@ -84,6 +84,23 @@ def test_resume_after_an_interrupt_gives_the_same_file(tmp_path, sim):
     assert not export.partial_path(out).exists()
 
 
+def test_compression_is_chosen_and_does_not_change_values(tmp_path, sim):
+    write_particles(tmp_path / "in.root", n=30)
+    for spec in ("none", "zstd:1"):
+        export.export_file(tmp_path / "in.root", tmp_path / f"{spec[:4]}.root", sim, seed=2, compression=spec, progress=False)
+    with uproot.open(tmp_path / "none.root") as plain, uproot.open(tmp_path / "zstd.root") as packed:
+        assert plain.file.fCompress % 100 == 0 and packed.file.fCompress == 501  # ROOT's code: 100 * algorithm + level
+        energy = plain["zdc"]["energy"]
+        assert energy.compressed_bytes == energy.uncompressed_bytes  # the default stores baskets as they are
+        for name in ("energy", "response", "channel_3"):
+            np.testing.assert_array_equal(plain["zdc"][name].array(library="np"), packed["zdc"][name].array(library="np"))
+    with pytest.raises(ZdcError, match="compression 'gzip:1' is not understood; expected 'none' or .*zstd"):
+        export.export_file(tmp_path / "in.root", tmp_path / "bad.root", sim, compression="gzip:1", progress=False)
+    with pytest.raises(ZdcError, match="LEVEL 1-9"):
+        io.parse_compression("zlib:0")
+    assert not (tmp_path / "bad.root").exists() and not list(tmp_path.glob(".*"))
+
+
 @pytest.mark.parametrize("make_bad,words", [
     (lambda p: None, "no such file"),
     (lambda p: p.write_bytes(b"root" * 100), "not a readable ROOT file"),
@@ -122,6 +139,11 @@ def test_cli_several_inputs_on_dask_one_bad(tmp_path, tiny_checkpoint):
     # one input with another tree name
     run = subprocess.run([sys.executable, "-m", "zdc_sim", "export", str(tmp_path / "events.root"), "--tree", "events",
                           "--out", str(tmp_path / "e.root"), "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
-                          "--quiet"], capture_output=True, text=True, timeout=300)
+                          "--compression", "lz4:4", "--quiet"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert _arrays(tmp_path / "e.root", "events")["response"].shape == (20, 44, 44)
+    with uproot.open(tmp_path / "e.root") as f:
+        assert f.file.fCompress == 404
+    run = subprocess.run([sys.executable, "-m", "zdc_sim", "export", str(tmp_path / "a.root"), str(tmp_path / "events.root"),
+                          "--out", str(out), "--compression", "fast"], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "compression 'fast' is not understood" in run.stderr

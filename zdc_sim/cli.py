@@ -115,13 +115,15 @@ def _bench_regularizers(args) -> None:
 def _export(args) -> None:
     import dataclasses
 
-    from . import export
+    from . import export, io
 
     schema = _schema(args)
     if args.tree:
         schema = dataclasses.replace(schema, tree=args.tree)
     options = dict(seed=args.seed, chunk_size=args.chunk_size, schema=schema, tree=schema.tree,
-                   channels_only=args.channels_only, resume=args.resume)
+                   channels_only=args.channels_only, resume=args.resume,
+                   compression=args.compression or export.DEFAULT_COMPRESSION)
+    io.parse_compression(options["compression"])  # fails here, not once per input on the cluster
     out = Path(args.out)
     if len(args.inputs) == 1 and not out.is_dir():
         from .simulator import Simulator
@@ -226,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     ex.add_argument("--channels-only", dest="channels_only", action="store_true", help="no response branch")
     ex.add_argument("--resume", action="store_true", help="continue an interrupted export from its last complete chunk")
+    ex.add_argument("--compression",
+                    help="none (default: simulated responses barely compress) or zlib|lzma|lz4|zstd:LEVEL, e.g. zstd:1")
     ex.add_argument("--scheduler", help="Dask scheduler address (several inputs; default: a local cluster)")
     ex.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster")
     ex.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -21,7 +21,7 @@ import uproot
 from uproot.deserialization import DeserializationError
 
 from . import features as feat
-from .errors import FeatureError, RootFileError
+from .errors import FeatureError, RootFileError, ZdcError
 from .geometry import GRID, SHAPE
 
 TREE = "zdc"
@@ -31,6 +31,8 @@ COLUMNS = feat.NAMES + (PDG, PARTICLE_ID, RESPONSE)  # logical names of every br
 READ_STEP_ENTRIES = 4096  # entries per chunk when reading: about 32 MB of responses
 WRITE_BASKET_ENTRIES = 16384  # entries per basket when writing (>= 64 kB for scalar branches)
 RESPONSE_TYPE = np.dtype((np.float32, SHAPE))
+COMPRESSIONS = {"zlib": uproot.ZLIB, "lzma": uproot.LZMA, "lz4": uproot.LZ4, "zstd": uproot.ZSTD}
+DEFAULT_COMPRESSION = "zlib:1"  # uproot's default; reference-MC counts (integers) shrink 5.8x
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,17 @@ def flatten_parts(parts: Mapping[str, np.ndarray], schema: Schema = Schema()) ->
     return out
 
 
+def parse_compression(spec: str):
+    """uproot's compression for 'none' or 'ALGORITHM:LEVEL' (zlib, lzma, lz4, zstd; ROOT 6 reads all four)."""
+    name, _, level = spec.lower().partition(":")
+    if name == "none" and not level:
+        return None
+    allowed = "'none' or ALGORITHM:LEVEL with ALGORITHM one of " + ", ".join(COMPRESSIONS) + " and LEVEL 1-9"
+    if name not in COMPRESSIONS or not level.isdigit() or not 1 <= int(level) <= 9:
+        raise ZdcError(f"compression '{spec}' is not understood; expected {allowed}")
+    return COMPRESSIONS[name](int(level))
+
+
 class RootWriter:
     """Write one TTree chunk by chunk into a temporary file that replaces `path` only on success.
 
@@ -240,12 +253,14 @@ class RootWriter:
     block is left by an exception, the temporary file is removed and `path` is untouched. With
     `partial` (a fixed temporary path) the file is kept when the block is left by KeyboardInterrupt,
     so that a job can resume from it: uproot leaves it readable after every basket.
+    `compression` is a spec for `parse_compression()`.
     """
 
     def __init__(self, path, branch_types: Mapping[str, np.dtype], tree: str = TREE,
                  objects: Mapping[str, str] | None = None, basket_entries: int = WRITE_BASKET_ENTRIES,
-                 partial: Path | None = None):
+                 partial: Path | None = None, compression: str = DEFAULT_COMPRESSION):
         self.path = Path(path)
+        self.compression = parse_compression(compression)
         self.types = {name: np.dtype(t) for name, t in branch_types.items()}
         self.tree_name, self.objects, self.basket_entries = tree, dict(objects or {}), basket_entries
         self.keep_on_interrupt = partial is not None
@@ -258,7 +273,7 @@ class RootWriter:
     def __enter__(self) -> "RootWriter":
         if not self.path.parent.is_dir():
             raise RootFileError("output folder does not exist", file=self.path, expected="an existing folder")
-        self._file = uproot.recreate(self.tmp)
+        self._file = uproot.recreate(self.tmp, compression=self.compression)
         self._tree = self._file.mktree(self.tree_name, self.types)
         return self
 
