@@ -88,11 +88,12 @@ def _threaded(iterable, size: int = 2):
 def export_file(input_path, output_path, simulator: Simulator, *, seed: int | None = None,
                 chunk_size: int = DEFAULT_CHUNK, schema: io.Schema = io.Schema(), tree: str = io.TREE,
                 channels_only: bool = False, resume: bool = False, progress: bool = True,
-                compression: str = DEFAULT_COMPRESSION, simulate: Callable[[np.ndarray, np.ndarray], Simulation] | None = None) -> ExportResult:
+                compression: str = DEFAULT_COMPRESSION,
+                simulate: Callable[[np.ndarray, np.ndarray], Simulation] | None = None) -> ExportResult:
     """Simulate every particle of `input_path` into `output_path`. `seed` None draws one at random
     (recorded in the provenance). `compression` is an `io.parse_compression` spec.
-    `simulate(raw_features, latents)` replaces the simulator's own
-    forward pass (the service routes it through its batcher)."""
+    `simulate(raw_features, latents)` replaces the simulator's own forward pass (the service
+    routes it through its batcher)."""
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     io.parse_compression(compression)  # a bad spec fails before any file is touched
