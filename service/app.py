@@ -4,7 +4,8 @@ Routes: native `POST /v1/simulate` (JSON or .npy in, JSON or binary out), the Op
 Protocol v2 (`service.oip`), `POST /v1/export` (ROOT in, ROOT out), `/health/live`,
 `/health/ready`, `/metrics`. Every answer carries the model name and version (X-Model-Name,
 X-Model-Version headers; JSON bodies name them too). Every error a client can cause is a 4xx
-with {"error": message} naming the field and the rule; a full queue is a 503 with Retry-After.
+with {"error": message} naming the field and the rule; a full queue (QueueFull, from wherever the
+batcher is called) is a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -80,19 +81,20 @@ class ServiceState:
     def version(self) -> str:
         return self.simulator.model_version if self.simulator else "unloaded"
 
-    async def simulate(self, raw: np.ndarray, seed: int | None) -> Simulation:
+    def require_ready(self) -> None:
         if not self.ready:
             raise ServiceError(503, "the model is not loaded yet; retry once /health/ready answers 200",
                                {"Retry-After": "1"})
+
+    async def simulate(self, raw: np.ndarray, seed: int | None) -> Simulation:
+        """Through the batcher; a full queue raises QueueFull, answered 503 by the app's handler."""
+        self.require_ready()
         n, limit = len(raw), self.settings.max_particles_per_request
         if n > limit:
             raise ServiceError(413, f"request has {n} particles; expected at most {limit} per request")
         if n == 0:
             raise ServiceError(422, "request has 0 particles; expected at least 1")
-        try:
-            return await self.batcher.simulate(raw, self.simulator.latents(n, seed))
-        except QueueFull as exc:
-            raise ServiceError(503, str(exc), {"Retry-After": "1"}) from None
+        return await self.batcher.simulate(raw, self.simulator.latents(n, seed))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -225,6 +227,10 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
     async def _service_error(request, exc: ServiceError):
         return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
 
+    @app.exception_handler(QueueFull)
+    async def _queue_full(request, exc: QueueFull):
+        return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "1"})
+
     @app.exception_handler(ZdcError)
     async def _user_error(request, exc: ZdcError):
         return JSONResponse({"error": str(exc)}, 422)
@@ -306,8 +312,7 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
         """The body is the ROOT file (at most max_export_bytes); the answer is the `zdc-sim export`
         output for it: the particle branches, `response` (unless channels_only), channel_1..5 and
         the provenance. Simulated through the same batcher as /v1/simulate."""
-        if not state.ready:
-            raise ServiceError(503, "the model is not loaded yet", {"Retry-After": "1"})
+        state.require_ready()  # before reading an upload of up to max_export_bytes
         body = await read_body(request, settings.max_export_bytes)
         loop = asyncio.get_running_loop()
 
@@ -326,10 +331,7 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
             return target.read_bytes()
 
         with tempfile.TemporaryDirectory(prefix="zdc-export-") as folder:
-            try:
-                data = await asyncio.to_thread(run, folder)
-            except QueueFull as exc:
-                raise ServiceError(503, str(exc), {"Retry-After": "1"}) from None
+            data = await asyncio.to_thread(run, folder)
         return Response(data, media_type=OCTET, headers={"Content-Disposition": 'attachment; filename="export.root"'})
 
     from .oip import router as oip_router

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from zdc_sim import __version__, features
 
-from .app import ServiceError, ServiceState, read_body, validation_message
+from .app import MAX_SEED, ServiceError, ServiceState, read_body, validation_message
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8"), "UINT64": np.dtype("<u8"),
@@ -167,12 +167,12 @@ def router(state: ServiceState) -> APIRouter:
             raise ServiceError(422, f"inputs {sorted(tensors)}; expected FEATURES (FP32 [-1, 9]) and optionally SEED "
                                     f"(INT64 [1])")
         feats = tensors["FEATURES"]
-        if infer_request.inputs[[i.name for i in infer_request.inputs].index("FEATURES")].datatype != "FP32":
+        if feats.dtype != DTYPES["FP32"]:  # parse_infer gave each tensor its declared datatype
             raise ServiceError(422, "input 'FEATURES': datatype must be FP32")
         seed = None
         if "SEED" in tensors:
             s = tensors["SEED"]
-            if s.size != 1 or s.dtype.kind not in "iu" or not 0 <= int(s.ravel()[0]) < 2**63:
+            if s.size != 1 or s.dtype.kind not in "iu" or not 0 <= int(s.ravel()[0]) <= MAX_SEED:
                 raise ServiceError(422, f"input 'SEED': {s.tolist()} ({s.dtype}); expected one INT64 value >= 0")
             seed = int(s.ravel()[0])
         raw = features.validate(feats, source="input 'FEATURES'")

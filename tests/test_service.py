@@ -139,6 +139,8 @@ def test_oip_infer_json_binary_and_gzip(client):
     (lambda h: h["inputs"][0].update(shape=[3, 9]), "binary_data_size"),
     (lambda h: h["inputs"][1].update(data=[-4]), "input 'SEED'"),
     (lambda h: h["inputs"][0].update(name="X"), "expected FEATURES"),
+    (lambda h: h["inputs"][0].update(datatype="FP64", parameters=None, data=[PARTICLE] * 2),
+     "input 'FEATURES': datatype must be FP32"),
     (lambda h: h["outputs"][0].update(name="IMAGES"), "output 'IMAGES'"),
 ])
 def test_oip_bad_inputs(client, change, words):
@@ -211,12 +213,19 @@ def test_stopping_the_batcher_finishes_what_is_queued(tiny_checkpoint):
     assert [r.channels.shape for r in asyncio.run(run())] == [(10, 5)] * 4
 
 
-def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint, tmp_path):
+    from .test_export import write_particles
+
+    write_particles(tmp_path / "in.root", n=11)
     settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu", max_queue_particles=10)
     with TestClient(create_app(settings)) as c:
-        r = c.post("/v1/simulate", json={"particles": [PARTICLE] * 11})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert "Exceeds maximum queue size" in r.json()["error"]
+        body, headers = _infer_body(n=11)
+        answers = [c.post("/v1/simulate", json={"particles": [PARTICLE] * 11}),
+                   c.post("/v2/models/zdc-zn/infer", content=body, headers=headers),
+                   c.post("/v1/export", content=(tmp_path / "in.root").read_bytes())]
+        for r in answers:
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.url
+            assert "Exceeds maximum queue size" in r.json()["error"]
 
 
 def test_settings_from_environment():
