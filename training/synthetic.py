@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zdc_sim import regularizers
+from zdc_sim.models import mlp
 
 CAPTURE_SHARE = 0.008
 LATENT = 8
@@ -44,8 +45,7 @@ class Task:
         points = np.empty((n, 2))
         for c in range(self.n_conditions):
             rows = np.flatnonzero(cond == c)
-            centres = self.modes[c][rng.integers(0, len(self.modes[c]), len(rows))]
-            points[rows] = centres + rng.normal(0, self.std, (len(rows), 2))
+            points[rows] = self.sample_condition(c, len(rows), rng)
         return cond, points.astype(np.float32)
 
     def diversity_weights(self) -> np.ndarray:
@@ -57,6 +57,7 @@ class Task:
         return (spread - spread.min()) / span if span > 0 else np.ones_like(spread)
 
     def sample_condition(self, c: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n real points (n, 2) of condition c."""
         centres = self.modes[c][rng.integers(0, len(self.modes[c]), n)]
         return centres + rng.normal(0, self.std, (n, 2))
 
@@ -81,17 +82,10 @@ def make_task(name: str) -> Task:
     raise ValueError(f"unknown synthetic task {name!r}; expected one of {list(TASKS)}")
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
-    return nn.Sequential(*layers[:-1])
-
-
 class ToyGenerator(nn.Module):
     def __init__(self, n_conditions: int, hidden: int = 128):
         super().__init__()
-        self.net = _mlp([LATENT + n_conditions, hidden, hidden, hidden, 2])
+        self.net = mlp([LATENT + n_conditions, hidden, hidden, hidden, 2])
 
     def forward(self, z, c):
         return self.net(torch.cat([z, c], 1))
@@ -102,7 +96,7 @@ class ToyDiscriminator(nn.Module):
 
     def __init__(self, n_conditions: int, hidden: int = 128):
         super().__init__()
-        self.trunk = nn.Sequential(_mlp([2 + n_conditions, hidden, hidden]), nn.LeakyReLU(0.2))
+        self.trunk = nn.Sequential(mlp([2 + n_conditions, hidden, hidden]), nn.LeakyReLU(0.2))
         self.head = nn.Linear(hidden, 1)
 
     def forward(self, x, c):
@@ -113,7 +107,7 @@ class ToyDiscriminator(nn.Module):
 class ToyEncoder(nn.Module):
     def __init__(self, n_conditions: int, hidden: int = 128):
         super().__init__()
-        self.net = _mlp([2 + n_conditions, hidden, hidden, LATENT])
+        self.net = mlp([2 + n_conditions, hidden, hidden, LATENT])
 
     def forward(self, x, c):
         return self.net(torch.cat([x, c], 1))

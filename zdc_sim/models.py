@@ -84,7 +84,8 @@ class Conditioner(nn.Module):
         return torch.cat([standardized, derived.to(standardized.dtype).clamp(-10, 10)], 1)
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with LeakyReLU(0.2) between them, none after the last."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
@@ -109,13 +110,13 @@ class Generator(nn.Module):
         w, h = config.width, config.hidden
         self.conditioner = Conditioner()
         inputs = config.latent_dim + CONDITION_DIM
-        self.dense = nn.Sequential(_mlp([inputs, h, h, 4 * w * COARSE * COARSE]), nn.LeakyReLU(0.2))
+        self.dense = nn.Sequential(mlp([inputs, h, h, 4 * w * COARSE * COARSE]), nn.LeakyReLU(0.2))
         self.upsample = nn.Sequential(
             nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 22 x 22
             nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 44 x 44
             nn.Conv2d(w, 1, 3, padding=1),  # shape logits
         )
-        self.total = _mlp([inputs, h // 2, h // 2, 1])  # log total counts
+        self.total = mlp([inputs, h // 2, h // 2, 1])  # log total counts
         # Start collapsed (the total ignores the latent): diversity is then something training must
         # add where the data has it, instead of random initial noise it must remove where it has not.
         nn.init.zeros_(self.total[-1].weight)
@@ -156,7 +157,7 @@ class Discriminator(nn.Module):
             nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 5
             nn.Flatten(), nn.Linear(4 * w * 5 * 5, h), nn.LeakyReLU(0.2),
         )
-        self.head = _mlp([h + N_CHANNELS + 1 + CONDITION_DIM, h, 1])
+        self.head = mlp([h + N_CHANNELS + 1 + CONDITION_DIM, h, 1])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.conv(images)
@@ -185,7 +186,7 @@ class Encoder(nn.Module):
             nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 11
             nn.Flatten(), nn.Linear(2 * w * 11 * 11, h), nn.LeakyReLU(0.2),
         )
-        self.head = _mlp([h + CONDITION_DIM, h, config.latent_dim])
+        self.head = mlp([h + CONDITION_DIM, h, config.latent_dim])
 
     def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.conv(images), self.conditioner(features)], 1))
