@@ -171,5 +171,8 @@ def test_regularizer_config_is_validated(tiny_file, tmp_path):
     assert _config(tiny_file, tmp_path, regularizer="dp", lam=2.0).weight == 2.0
     with pytest.raises(ConfigError, match=r"'regularizer_options'.*got options \['beta'\]; expected only \['alpha'\]"):
         _config(tiny_file, tmp_path, regularizer="ndiv", regularizer_options={"beta": 1})
+    with pytest.raises(ConfigError, match=r"'regularizer_options' is \{'space': 'embedding'\}; expected no 'space'"):
+        _config(tiny_file, tmp_path, regularizer_options={"space": "embedding"})
+    assert _config(tiny_file, tmp_path, sdi_space="embedding").regularizer_kwargs == {"space": "embedding"}
     with pytest.raises(ConfigError, match="'regularizer' is 'msgan'"):
         _config(tiny_file, tmp_path, regularizer="msgan")

@@ -6,11 +6,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from zdc_sim.errors import ZdcError
-from zdc_sim.models import SIZES
 from torch import nn
 
 from zdc_sim import regularizers
+from zdc_sim.errors import ZdcError
+from zdc_sim.models import SIZES
 from zdc_sim.regularizers import NAMES as REGULARIZERS
 from zdc_sim.regularizers import WEIGHT_KINDS
 
@@ -58,6 +58,7 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 2, ">= 2"),
             ("lam", self.lam is None or self.lam >= 0, ">= 0 (or null for the method's default)"),
             ("regularizer_options", isinstance(self.regularizer_options, dict), "a JSON object"),
+            ("regularizer_options", "space" not in self.regularizer_options, "no 'space' (SDI's is sdi_space)"),
             ("r1_gamma", self.r1_gamma >= 0, ">= 0"),
             ("r1_every", self.r1_every >= 1, ">= 1"),
             ("val_fraction", 0 < self.val_fraction < 1 or self.val_data is not None, "in (0, 1)"),
@@ -69,10 +70,14 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"training config: '{name}' is {getattr(self, name)!r}; expected {expected}")
         try:  # the method's own options are checked by building it (a stand-in encoder for IID)
-            regularizers.make(self.regularizer, encoder=nn.Identity(), **self.regularizer_options,
-                              **({"space": self.sdi_space} if self.regularizer == "sdi" else {}))
+            regularizers.make(self.regularizer, encoder=nn.Identity(), **self.regularizer_kwargs)
         except ValueError as exc:
             raise ConfigError(f"training config: 'regularizer_options': {exc}") from None
+
+    @property
+    def regularizer_kwargs(self) -> dict:
+        """The options `regularizers.make` takes for this config: the method's own, and SDI's space."""
+        return {**self.regularizer_options, **({"space": self.sdi_space} if self.regularizer == "sdi" else {})}
 
     @property
     def weight(self) -> float:

@@ -125,14 +125,11 @@ class _Run:
 
     def _make_regularizer(self, model_config) -> regularizers.Regularizer:
         config = self.config
-        options = dict(config.regularizer_options)
-        if config.regularizer == "sdi":
-            options["space"] = config.sdi_space
         encoder = None
         if config.regularizer == "iid":
             encoder = Encoder(model_config)
             encoder.conditioner.load_state_dict(self.generator.conditioner.state_dict())
-        return regularizers.make(config.regularizer, encoder=encoder, **options)
+        return regularizers.make(config.regularizer, encoder=encoder, **config.regularizer_kwargs)
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self) -> Path:
