@@ -34,8 +34,7 @@ def main():
     args = parser.parse_args()
 
     chunks = list(reference.generate(args.particles, 4, seed=1))
-    parts = [{io.FEATURES: c.features, io.PDG: c.pdg, io.PARTICLE_ID: c.particle_id, io.RESPONSE: c.response}
-             for c in chunks]
+    parts = [c.parts() for c in chunks]
     branch_chunks = [io.flatten_parts(p) for p in parts]
     entries = sum(len(c.pdg) for c in chunks)
     megabytes = sum(v.nbytes for c in branch_chunks for v in c.values()) / 1e6

@@ -9,13 +9,8 @@ from zdc_sim.models import SIZES, Generator
 
 def make_parts(n_particles=40, repeats=4, seed=3):
     """A tiny reference dataset as one {features, pdg, particle_id, response} chunk."""
-    chunks = list(reference.generate(n_particles, repeats, seed))
-    return {
-        io.FEATURES: np.concatenate([c.features for c in chunks]),
-        io.PDG: np.concatenate([c.pdg for c in chunks]),
-        io.PARTICLE_ID: np.concatenate([c.particle_id for c in chunks]),
-        io.RESPONSE: np.concatenate([c.response for c in chunks]),
-    }
+    chunks = [c.parts() for c in reference.generate(n_particles, repeats, seed)]
+    return {part: np.concatenate([c[part] for c in chunks]) for part in io.PARTS}
 
 
 @pytest.fixture(scope="session")

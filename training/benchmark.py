@@ -100,8 +100,7 @@ def _zdc_data(out: Path, plan: BenchPlan) -> tuple[Path, Path]:
     for name, particles, seed in (("zdc-train.root", plan.zdc_particles, 11), ("zdc-heldout.root", plan.zdc_heldout, 12)):
         path = out / name
         if not path.exists():
-            chunks = ({io.FEATURES: c.features, io.PDG: c.pdg, io.PARTICLE_ID: c.particle_id, io.RESPONSE: c.response}
-                      for c in reference.generate(particles, 4, seed))
+            chunks = (c.parts() for c in reference.generate(particles, 4, seed))
             io.write_dataset(path, chunks, provenance={"generator": "zdc_sim.reference", "seed": seed,
                                                        "particles": particles, "repeats": 4})
         files.append(path)

@@ -19,8 +19,7 @@ def _data_generate(args) -> None:
     def chunks():
         with tqdm(total=args.particles, unit="particle", desc="simulating", disable=args.quiet) as bar:
             for chunk in reference.generate(args.particles, args.repeats, args.seed):
-                yield {io.FEATURES: chunk.features, io.PDG: chunk.pdg,
-                       io.PARTICLE_ID: chunk.particle_id, io.RESPONSE: chunk.response}
+                yield chunk.parts()
                 bar.update(len(chunk.pdg) // args.repeats)
 
     provenance = {"generator": "zdc_sim.reference", "code_version": __version__, "seed": args.seed,

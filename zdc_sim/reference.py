@@ -225,6 +225,13 @@ class Chunk:
     particle_id: np.ndarray  # (m,) int64
     response: np.ndarray  # (m, 44, 44) float32
 
+    def parts(self) -> dict[str, np.ndarray]:
+        """The chunk as the parts `io.write_dataset` takes (features, pdg, particle_id, response)."""
+        from . import io
+
+        return {io.FEATURES: self.features, io.PDG: self.pdg, io.PARTICLE_ID: self.particle_id,
+                io.RESPONSE: self.response}
+
 
 def generate(n_particles: int, repeats: int, seed: int, first_id: int = 0) -> Iterator[Chunk]:
     """Sample particles and simulate each `repeats` times, CHUNK_PARTICLES particles at a time.
