@@ -103,7 +103,7 @@ class ModeSeeking(Regularizer):
         self.eps = _positive("eps", eps)
 
     def forward(self, pair: DiversityPair) -> torch.Tensor:
-        ratio = (pair.fake1 - pair.fake2).abs().mean() / (pair.z1 - pair.z2).abs().mean()
+        ratio = mean_abs_distance(pair.fake1, pair.fake2).mean() / mean_abs_distance(pair.z1, pair.z2).mean()
         return 1.0 / (ratio + self.eps)
 
 

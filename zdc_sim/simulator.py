@@ -118,11 +118,11 @@ class Simulator:
         None). Rows come in blocks of LATENT_BLOCK drawn from numpy generators seeded (seed, block),
         so any row range is found without drawing what comes before it: an export that resumes at
         entry k, or reads in chunks of any size, gets the same latents as one pass."""
+        if n <= 0:
+            return np.empty((0, self.latent_dim), np.float32)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
         first, last = start // LATENT_BLOCK, (start + n - 1) // LATENT_BLOCK
-        if n <= 0:
-            return np.empty((0, self.latent_dim), np.float32)
         blocks = [np.random.default_rng([int(seed), b]).standard_normal((LATENT_BLOCK, self.latent_dim), np.float32)
                   for b in range(first, last + 1)]
         offset = start - first * LATENT_BLOCK
