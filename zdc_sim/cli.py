@@ -114,7 +114,7 @@ def _bench_regularizers(args) -> None:
 def _export(args) -> None:
     import dataclasses
 
-    from . import export, io
+    from . import export
 
     schema = _schema(args)
     if args.tree:
@@ -122,7 +122,6 @@ def _export(args) -> None:
     options = dict(seed=args.seed, chunk_size=args.chunk_size, schema=schema, tree=schema.tree,
                    channels_only=args.channels_only, resume=args.resume,
                    compression=args.compression or export.DEFAULT_COMPRESSION)
-    io.parse_compression(options["compression"])  # fails here, not once per input on the cluster
     out = Path(args.out)
     if len(args.inputs) == 1 and not out.is_dir():
         from .simulator import Simulator

@@ -226,6 +226,7 @@ def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str
     failed input does not stop the others."""
     from dask.distributed import Client, LocalCluster
 
+    io.parse_compression(options.get("compression", DEFAULT_COMPRESSION))  # fails here, not once per input
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise ZdcError(f"output folder '{out_dir}' does not exist; expected a folder for {len(inputs)} outputs")
