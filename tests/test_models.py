@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
-from zdc_sim import features, reference
-from zdc_sim.models import SIZES, Discriminator, Generator, ModelConfig, generator_flops_per_sample
+from zdc_sim import features, geometry, metrics, reference
+from zdc_sim.models import (LEGACY, SIZES, Discriminator, Generator, ModelConfig, generator_flops_per_sample,
+                            photon_counts)
 
 
 def _fitted(config=SIZES["tiny"], n=64, seed=0):
@@ -14,28 +16,52 @@ def _fitted(config=SIZES["tiny"], n=64, seed=0):
     return gen, disc, torch.from_numpy(std.transform(x)), x
 
 
+def _random(gen, n, seed=0):
+    return torch.randn(n, gen.config.random_dim, generator=torch.Generator().manual_seed(seed))
+
+
 def test_generator_output_shape_and_non_negative():
     gen, _, x, _ = _fitted()
-    out = gen(torch.randn(len(x), 10), x)
+    out = gen(_random(gen, len(x)), x)
     assert out.shape == (len(x), 1, 44, 44) and out.dtype == torch.float32
     assert (out >= 0).all()
+    counts = torch.expm1(out)
+    torch.testing.assert_close(counts, counts.round(), atol=1e-3, rtol=0)  # photon counts are whole numbers
 
 
 def test_discriminator_returns_logit_and_embedding():
     config = SIZES["tiny"]
     gen, disc, x, _ = _fitted(config)
-    logit, embedding = disc(gen(torch.randn(len(x), 10), x), x)
+    logit, embedding = disc(gen(_random(gen, len(x)), x), x)
     assert logit.shape == (len(x),) and embedding.shape == (len(x), config.hidden)
-    torch.testing.assert_close(disc.embed(gen(torch.zeros(2, 10), x[:2])), disc(gen(torch.zeros(2, 10), x[:2]), x[:2])[1])
+    images = gen(_random(gen, 2), x[:2])
+    torch.testing.assert_close(disc.embed(images), disc(images, x[:2])[1])
 
 
-def test_generator_total_head_sets_the_scale():
-    gen, _, x, _ = _fitted()
+@pytest.mark.parametrize("config", [SIZES["tiny"], ModelConfig.from_dict({**SIZES["tiny"].to_dict(), **LEGACY})])
+def test_generator_total_head_sets_the_scale(config):
+    gen, _, x, _ = _fitted(config)
     gen.set_total_scale(np.log(5000.0))
     with torch.no_grad():
-        gen.total[-1].weight.zero_()  # total = exp(bias) exactly
-        counts = torch.expm1(gen(torch.randn(len(x), 10), x)).sum((1, 2, 3))
-    torch.testing.assert_close(counts, torch.full_like(counts, 5000.0), rtol=2e-3, atol=0)
+        gen.total[-1].weight.zero_()  # total = exp(bias) exactly (with the gate: h(z, c) = 0)
+        if config.latent_gate:
+            gen.total[-1].bias.zero_()
+            gen.total_mean[-1].weight.zero_()
+        _, mean = gen(_random(gen, len(x)), x, with_mean=True)
+        counts = torch.expm1(mean).sum((1, 2, 3))
+    if config.impact_frame:  # what lands outside the face is lost: never more than the total
+        assert (counts <= 5000.0 * 1.002).all() and (counts > 0).all()
+    else:
+        torch.testing.assert_close(counts, torch.full_like(counts, 5000.0), rtol=2e-3, atol=0)
+
+
+def test_checkpoints_of_the_first_design_load_with_its_structure():
+    config = ModelConfig.from_dict({"latent_dim": 10, "width": 16, "hidden": 256, "disc_width": 16})
+    assert (config.impact_frame, config.latent_gate, config.upsample, config.photon_noise) == (
+        False, False, "transposed", False)
+    assert config.random_dim == 10 and SIZES["base"].random_dim == 10 + 44 * 44
+    with pytest.raises(ValueError, match="upsample"):
+        ModelConfig(upsample="bicubic")
 
 
 def test_conditioner_standardises_derived_quantities():
@@ -49,9 +75,68 @@ def test_conditioner_standardises_derived_quantities():
 
 
 def test_flops_count_matches_layer_arithmetic():
-    c = ModelConfig(latent_dim=10, width=16, hidden=256)
+    legacy = ModelConfig.from_dict({"latent_dim": 10, "width": 16, "hidden": 256})
     dense = (10 + 15) * 256 + 256 * 256 + 256 * 64 * 121
     convs = 121 * 64 * 32 * 16 + 484 * 32 * 16 * 16 + 1936 * 16 * 1 * 9
     total_head = (10 + 15) * 128 + 128 * 128 + 128
-    assert generator_flops_per_sample(c) == 2 * (dense + convs + total_head)
+    assert generator_flops_per_sample(legacy) == 2 * (dense + convs + total_head)
+    c = ModelConfig(width=12)  # nearest x2 + 3x3 convolutions; gate and location-scale total head
+    dense = (10 + 15) * 256 + 256 * 256 + 256 * 48 * 121
+    convs = 484 * 48 * 24 * 9 + 1936 * 24 * 12 * 9 + 1936 * 12 * 9
+    heads = 15 * 10 + total_head + (15 * 128 + 128 * 128 + 128) + (15 * 128 + 128)
+    assert generator_flops_per_sample(c) == 2 * (dense + convs + heads)
     assert generator_flops_per_sample(SIZES["small"]) < generator_flops_per_sample(SIZES["base"])
+
+
+# --- the fidelity levers -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mean", [0.05, 0.4, 3.0, 40.0, 900.0])
+def test_photon_counts_have_poisson_mean_and_variance(mean):
+    noise = torch.randn(200_000, generator=torch.Generator().manual_seed(1))
+    counts = photon_counts(torch.full_like(noise, mean), noise)
+    assert abs(counts.mean().item() / mean - 1) < 0.03 + 3 * (1 / (mean * 200_000)) ** 0.5
+    variance = mean * (1 - mean) if mean < 1 else mean  # one photon at most below a mean of one
+    assert abs(counts.var().item() / variance - 1) < 0.05
+    assert (counts >= 0).all() and torch.equal(counts, counts.round())
+
+
+def test_photon_counts_pass_gradients_straight_through():
+    mean = torch.tensor([0.3, 5.0, 200.0], requires_grad=True)
+    photon_counts(mean, torch.tensor([0.1, -0.7, 1.3])).sum().backward()
+    torch.testing.assert_close(mean.grad, torch.ones(3))
+
+
+def test_impact_head_puts_the_shower_centre_on_the_impact_point():
+    gen, _, x, raw = _fitted(n=4000, seed=2)
+    x_cm, y_cm = reference.impact_point_cm(raw)
+    inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
+    target = torch.from_numpy(np.stack([x_cm, y_cm], 1)[inside])
+    residual = gen.fit_impact(x[torch.from_numpy(inside)], target)
+    assert residual < 0.01  # the impact point is linear in the condition
+    with torch.no_grad():
+        gen.upsample[-1].weight.zero_()  # shape = the centred Gaussian envelope alone,
+        gen.upsample[-1].bias.zero_()
+        gen.prior.mul_(25.0)  # narrowed to 0.2 cm so that the face edge cuts nothing off
+        _, mean = gen(_random(gen, int(inside.sum())), x[torch.from_numpy(inside)], with_mean=True)
+        head = gen.impact_point(x[torch.from_numpy(inside)]).numpy()
+    centres = metrics.shower_centres(torch.expm1(mean[:, 0]).numpy())
+    np.testing.assert_allclose(centres, head, atol=0.005)  # translation is exact to a twentieth of a mm
+
+
+def test_latent_gate_makes_a_response_deterministic_with_one_parameter():
+    gen, _, x, _ = _fitted()
+    with torch.no_grad():
+        gen.gate.bias.fill_(-30.0)  # the gate closes: the latent no longer reaches the network
+        gen.total_scale[-1].bias.fill_(-30.0)
+        a = gen.log_mean_counts(torch.randn(len(x), 10), x)
+        b = gen.log_mean_counts(torch.randn(len(x), 10), x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_nearest_upsampling_has_no_checkerboard():
+    gen, _, x, _ = _fitted(ModelConfig(width=8, hidden=64, impact_frame=False), n=256)
+    with torch.no_grad():
+        mean = torch.exp(gen.log_mean_counts(torch.randn(len(x), 10), x)).numpy()
+    sums = geometry.channel_sums(mean)
+    share = sums[:, 4] / sums.sum(1)
+    assert np.abs(share - 0.5).max() < 0.03

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from zdc_sim import regularizers
+from zdc_sim import geometry, regularizers
 from zdc_sim.regularizers import SDI, DiversityPair, diversity_weights
 
 
@@ -73,6 +73,25 @@ def test_relative_weights_ignore_nearly_empty_responses():
     assert relative.tolist()[0] == 0.0 and relative[1] == 1.0 and 0 < relative[2] < 0.1
     with pytest.raises(ValueError, match="unknown diversity weight"):
         diversity_weights(ids, images, "energy")
+
+
+def test_channel_weights_discount_photon_statistics():
+    # particle 1: photon statistics only (Poisson around 2,000 per channel); 2: 30 % shower
+    # fluctuations; 3: 5 %; 4 misses the face. Each has 40 repeats.
+    rng = np.random.default_rng(0)
+    ids = np.repeat([1, 2, 3, 4], 40)
+    images = np.zeros((160, 44, 44), np.float32)
+    scale = np.concatenate([np.ones(40), rng.normal(1, 0.3, 40).clip(0.1), rng.normal(1, 0.05, 40), np.full(40, 1e-3)])
+    for e in range(160):
+        mean = np.zeros((44, 44))
+        mean[geometry.MASKS[4]] = 2000.0 * scale[e] / geometry.MASKS[4].sum()
+        mean[geometry.MASKS[0]] = 2000.0 * scale[e] / geometry.MASKS[0].sum()
+        images[e] = np.log1p(rng.poisson(mean))
+    _, w = diversity_weights(ids, images, "channels")
+    assert w[1] == 1.0 and w[3] == 0.0
+    assert w[0] < 0.1 and 0.1 < w[2] < 0.3  # the Poisson-only particle reads as (nearly) no diversity
+    _, absolute = diversity_weights(ids, images, "absolute")
+    assert absolute[0] > 0.5  # while the published weight counts its pixel noise as diversity
 
 
 def test_mode_seeking_by_hand():

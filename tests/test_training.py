@@ -40,7 +40,7 @@ def test_training_writes_checkpoints_log_and_plots(tiny_file, tmp_path):
     sim = Simulator.load(best)
     meta = sim.metadata
     assert meta["training"]["regularizer"] == "sdi" and meta["standardizer"]["names"][0] == "energy"
-    assert meta["dataset_fingerprint"].startswith("sha256:") and meta["validation"]["ws_mean"] == min(
+    assert meta["dataset_fingerprint"].startswith("sha256:") and meta["validation_before_intensity"]["ws_mean"] == min(
         r["val"]["ws_mean"] for r in records)
     assert sim.simulate(sim_features(tiny_file), seed=0).counts.shape[1:] == (44, 44)
 
@@ -49,6 +49,42 @@ def sim_features(path):
     from zdc_sim import io
 
     return next(io.iterate(path))["features"][:8]
+
+
+def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, tmp_path):
+    out = tmp_path / "run"
+    loop.train(_config(tiny_file, out, epochs=1, ema=0.9), progress_bar=False)
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert record["loss_score"] > 0  # the energy score is on by default
+    last, meta_last = checkpoint.load(out / "last.safetensors")
+    best, meta = checkpoint.load(out / "best.safetensors")
+    factor = meta["intensity_factor"]
+    assert 0.9 <= factor <= 1.1 and meta["impact_residual_cm"] < 1.0
+    # The shipped weights are the moving average, not the last step's generator, times the factor.
+    for key, value in best.items():
+        name = key.split(".", 1)[1]
+        expected = last["average." + name] * (factor if name == "intensity" else 1)
+        torch.testing.assert_close(value, expected, rtol=1e-6, atol=0)
+    assert any(not torch.equal(last["average." + k.split(".", 1)[1]], last[k])
+               for k in last if k.startswith("generator.") and "weight" in k)
+    # Learning rates fall over the last third (to 5 % at the very end), not before.
+    total = meta_last["progress"]["step"]  # one epoch: the last step's rate was set at step total - 1
+    decay_from = (1 - 1 / 3) * total
+    expected = 2e-4 * max(0.05, 1 - (total - 1 - decay_from) / (total - decay_from))
+    assert meta_last["optimizers"]["opt_g"][0]["lr"] == pytest.approx(expected) and expected < 2e-4 / 2
+    assert "intensity factor" not in (out / "metrics.jsonl").read_text()
+
+
+def test_energy_score_and_average_can_be_switched_off(tiny_file, tmp_path):
+    out = tmp_path / "off"
+    loop.train(_config(tiny_file, out, epochs=1, energy_score=0, energy_score_image=0, ema=0, lr_decay=0,
+                       fit_intensity=False, regularizer="none"), progress_bar=False)
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert record["loss_score"] == 0.0 and record["loss_reg"] == 0.0
+    last, meta_last = checkpoint.load(out / "last.safetensors")
+    assert not any(k.startswith("average.") for k in last)
+    assert meta_last["optimizers"]["opt_g"][0]["lr"] == 2e-4
+    assert "intensity_factor" not in checkpoint.load(out / "best.safetensors")[1]
 
 
 def test_plain_gan_has_no_regularizer_term(tiny_file, tmp_path):
@@ -111,6 +147,18 @@ def test_cli_train_resume_and_evaluate(tiny_file, tmp_path, capsys):
     assert report["ratio_to_floor"] == pytest.approx(report["ws_mean"] / report["ws_floor"])
     assert 0.0 < report["calibration_ceiling"] <= 1.0
     assert any("model / floor" in line for line in printed)
+    assert len(report["ratio_channels"]) == 5 and report["ratio_interval"][0] < report["ratio_interval"][1]
+    assert set(report["by_class"]) <= {"hadronic", "electromagnetic"} and report["by_class"]
+    assert report["ceiling"]["ratio_to_floor"] == report["ceiling_ratio_to_floor"]
+    if report["em_particles"]:
+        assert report["ceiling"]["em_total_error"] < 0.1 and report["ceiling"]["em_centre_error_cm"] < 0.1
+
+    plots = tmp_path / "plots"
+    assert cli.main(["evaluate", "--checkpoint", str(out / "best.safetensors"), "--data", str(tiny_file),
+                     "--samples", "4", "--bootstrap", "0", "--plots", str(plots)]) == 0
+    for name in ("channels_by_class.png", "diversity.png", "mean_responses.png"):
+        assert (plots / name).stat().st_size > 1000
+    assert "bootstrap" not in capsys.readouterr().out
 
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(tiny_file)]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -158,9 +206,10 @@ def test_every_regularizer_trains_with_finite_losses(tiny_file, tmp_path, method
 
 def test_iid_resume_restores_its_encoder(tiny_file, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    loop.train(_config(tiny_file, straight, regularizer="iid"), progress_bar=False)
-    loop.train(_config(tiny_file, resumed, regularizer="iid", epochs=1), progress_bar=False)
-    loop.train(_config(tiny_file, resumed, regularizer="iid", epochs=2), progress_bar=False)
+    # Constant learning rates: a decay is planned over the configured epochs, which change here.
+    loop.train(_config(tiny_file, straight, regularizer="iid", lr_decay=0), progress_bar=False)
+    loop.train(_config(tiny_file, resumed, regularizer="iid", epochs=1, lr_decay=0), progress_bar=False)
+    loop.train(_config(tiny_file, resumed, regularizer="iid", epochs=2, lr_decay=0), progress_bar=False)
     a, b = _weights(straight / "last.safetensors"), _weights(resumed / "last.safetensors")
     assert any(k.startswith("regularizer.encoder.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("generator.", "regularizer.")))

@@ -34,10 +34,18 @@ class TrainConfig:
     regularizer: str = "sdi"  # sdi, ms, dp, ndiv, iid, or none (the plain conditional GAN)
     lam: float | None = None  # weight of the regularizer in the generator loss; None: its published default
     regularizer_options: dict = field(default_factory=dict)  # the method's own hyper-parameters, e.g. {"alpha": 0.9}
-    sdi_weight: str = "absolute"  # 'absolute' (as published) or 'relative' spread per particle
+    sdi_weight: str = "absolute"  # 'absolute' (as published), 'relative' or 'channels' spread per particle
     sdi_space: str = "image"  # where SDI measures d_x: 'image' or discriminator 'embedding'
     r1_gamma: float = 1.0  # zero-centred gradient penalty on real images (0 disables)
     r1_every: int = 4  # apply it every this many discriminator steps (lazy regularisation)
+    # Energy score (a proper scoring rule: punishes too much and too little spread alike) of the
+    # generated pair against the particle's real response, on the log of the 5 channel sums and on
+    # the 4 x 4-pooled log image; weights in the generator loss (0 disables).
+    energy_score: float = 5.0
+    energy_score_image: float = 0.0
+    ema: float = 0.999  # decay of the generator's moving average (validated and shipped); 0: none
+    lr_decay: float = 1 / 3  # share of the last steps over which learning rates fall linearly to 5 %
+    fit_intensity: bool = True  # fit one factor on counts to the training data at the end
     seed: int = 0
     val_fraction: float = 0.1
     val_particles: int = 1000  # particles evaluated each epoch
@@ -61,6 +69,10 @@ class TrainConfig:
             ("regularizer_options", "space" not in self.regularizer_options, "no 'space' (SDI's is sdi_space)"),
             ("r1_gamma", self.r1_gamma >= 0, ">= 0"),
             ("r1_every", self.r1_every >= 1, ">= 1"),
+            ("energy_score", self.energy_score >= 0, ">= 0"),
+            ("energy_score_image", self.energy_score_image >= 0, ">= 0"),
+            ("ema", 0 <= self.ema < 1, "in [0, 1)"),
+            ("lr_decay", 0 <= self.lr_decay <= 1, "in [0, 1]"),
             ("val_fraction", 0 < self.val_fraction < 1 or self.val_data is not None, "in (0, 1)"),
             ("val_samples", self.val_samples >= 2, ">= 2"),
             ("val_particles", self.val_particles >= 3, ">= 3"),

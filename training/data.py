@@ -10,6 +10,7 @@ import torch
 
 from zdc_sim import io
 from zdc_sim.geometry import channel_sums
+from zdc_sim.metrics import shower_centres
 
 
 @dataclass
@@ -19,19 +20,21 @@ class Dataset:
     particle_id: np.ndarray  # (N,) int64
     log_images: torch.Tensor | None  # (N, 1, 44, 44) float32, log(1 + counts); None if not loaded
     channels: np.ndarray  # (N, 5) float64 channel sums of the counts
+    centres: np.ndarray  # (N, 2) float32 count-weighted shower centres in cm (NaN when empty)
 
     def __len__(self) -> int:
         return len(self.pdg)
 
     def subset(self, mask: np.ndarray) -> "Dataset":
         images = None if self.log_images is None else self.log_images[torch.as_tensor(np.flatnonzero(mask))]
-        return Dataset(self.features[mask], self.pdg[mask], self.particle_id[mask], images, self.channels[mask])
+        return Dataset(self.features[mask], self.pdg[mask], self.particle_id[mask], images, self.channels[mask],
+                       self.centres[mask])
 
 
 def load(path, max_entries: int | None = None, schema: io.Schema = io.Schema(), images: bool = True) -> Dataset:
     """Read a ROOT file chunk by chunk (validated by zdc_sim.io). `images=False` keeps only the
     channel sums of the responses, for evaluation sets that need no pixels."""
-    parts = {k: [] for k in ("features", "pdg", "particle_id", "images", "channels")}
+    parts = {k: [] for k in ("features", "pdg", "particle_id", "images", "channels", "centres")}
     seen = 0
     for chunk in io.iterate(path, schema):
         if max_entries is not None:
@@ -43,6 +46,7 @@ def load(path, max_entries: int | None = None, schema: io.Schema = io.Schema(), 
         if images:
             parts["images"].append(torch.from_numpy(np.log1p(counts))[:, None])
         parts["channels"].append(channel_sums(counts))
+        parts["centres"].append(shower_centres(counts).astype(np.float32))
         seen += len(counts)
         if max_entries is not None and seen >= max_entries:
             break
@@ -50,7 +54,7 @@ def load(path, max_entries: int | None = None, schema: io.Schema = io.Schema(), 
         raise io.RootFileError("no entries", file=path, tree=io.TREE, expected="at least one entry", found="0")
     return Dataset(np.concatenate(parts["features"]), np.concatenate(parts["pdg"]),
                    np.concatenate(parts["particle_id"]), torch.cat(parts["images"]) if images else None,
-                   np.concatenate(parts["channels"]))
+                   np.concatenate(parts["channels"]), np.concatenate(parts["centres"]))
 
 
 def split_by_particle(particle_id: np.ndarray, fraction: float, seed: int) -> np.ndarray:

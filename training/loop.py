@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from zdc_sim import __version__, checkpoint, regularizers
+from zdc_sim import __version__, checkpoint, geometry, metrics, regularizers
 from zdc_sim.features import Standardizer
 from zdc_sim.models import SIZES, Discriminator, Encoder, Generator
 from zdc_sim.simulator import Simulator, pick_device
@@ -34,6 +34,7 @@ from zdc_sim.simulator import Simulator, pick_device
 from . import data as training_data
 from .config import ConfigError, TrainConfig
 from .evaluate import evaluate_particles
+from .losses import energy_score_loss
 
 BEST, LAST, LOG = "best.safetensors", "last.safetensors", "metrics.jsonl"
 VALIDATION_SEED = 12345  # latents of validation: the same every epoch so epochs compare fairly
@@ -104,6 +105,11 @@ class _Run:
         self.generator.conditioner.fit(self.standardizer, self.train_set.features)
         self.discriminator.conditioner.load_state_dict(self.generator.conditioner.state_dict())
         self.generator.set_total_scale(np.log1p(self.train_set.channels.sum(1)).mean())
+        self.impact_residual_cm = None
+        if model_config.impact_frame:
+            self.impact_residual_cm = _fit_impact(self.generator, self.x_train, self.train_set)
+        if model_config.latent_gate:
+            _fit_total_heads(self.generator, self.x_train, self.train_set, config.seed)
         self.generator.to(device)
         self.discriminator.to(device)
         self.regularizer = self._make_regularizer(model_config).to(device)
@@ -111,6 +117,9 @@ class _Run:
         g_params = list(self.generator.parameters()) + list(self.regularizer.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=config.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=betas)
+        # The moving average of the generator is what is validated and shipped (with ema 0: itself).
+        self.average = copy.deepcopy(self.generator).requires_grad_(False) if config.ema > 0 else self.generator
+        self.real_channels = torch.from_numpy(np.log1p(self.train_set.channels)).float()
         self.latents = torch.Generator().manual_seed(config.seed * 1000 + rank)
         self.fingerprint = checkpoint.file_fingerprint(config.data)
         self.state = Progress()
@@ -143,7 +152,7 @@ class _Run:
             epoch = self.state.epoch
             order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
             order = order[self.rank :: self.world]
-            sums, first = np.zeros(3), self.state.batch
+            sums, first = np.zeros(4), self.state.batch
             bar = tqdm(range(first, n_batches), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not self.progress_bar, unit="step", leave=False)
             started = time.perf_counter()
@@ -151,10 +160,13 @@ class _Run:
                 losses = self._step(order[b * config.batch_size : (b + 1) * config.batch_size])
                 sums += losses
                 self.state.batch, self.state.step = b + 1, self.state.step + 1
-                bar.set_postfix(d=f"{losses[0]:.3f}", g=f"{losses[1]:.3f}", reg=f"{losses[2]:.3f}")
+                bar.set_postfix(d=f"{losses[0]:.3f}", g=f"{losses[1]:.3f}", reg=f"{losses[2]:.3f}",
+                                score=f"{losses[3]:.3f}")
                 if config.checkpoint_every and self.state.step % config.checkpoint_every == 0 and b + 1 < n_batches:
                     self._save_state()
             self._end_epoch(sums / max(1, n_batches - first), time.perf_counter() - started)
+        if self.rank == 0 and config.fit_intensity:
+            self._fit_intensity()
         if self.rank == 0 and config.plots:
             from .plots import write_plots
 
@@ -166,11 +178,12 @@ class _Run:
         real = self.train_set.log_images[index].to(device)
         x = self.x_train[index].to(device)
         batch = len(index)
-        latent = self.generator.config.latent_dim
+        random_dim, latent = self.generator.config.random_dim, self.generator.config.latent_dim
+        self._set_learning_rates()
 
         # Discriminator.
         self.discriminator.requires_grad_(True)
-        z = torch.randn(batch, latent, generator=self.latents).to(device)
+        z = torch.randn(batch, random_dim, generator=self.latents).to(device)
         with torch.no_grad():
             fake = self.generator(z, x)
         logits, _ = self.d_step_model(torch.cat([real, fake]), torch.cat([x, x]))
@@ -184,21 +197,31 @@ class _Run:
         loss_d.backward()
         self.opt_d.step()
 
-        # Generator (two samples per condition when the regularizer compares them).
+        # Generator: two samples per condition when the regularizer or the energy score compares them.
         self.discriminator.requires_grad_(False)
         reg = self.regularizer
-        pair = reg.needs_pair
-        z1 = torch.randn(batch, latent, generator=self.latents).to(device)
-        z2 = torch.randn(batch, latent, generator=self.latents).to(device) if pair else None
+        scored = config.energy_score > 0 or config.energy_score_image > 0
+        pair = reg.needs_pair or scored
+        z1 = torch.randn(batch, random_dim, generator=self.latents).to(device)
+        z2 = torch.randn(batch, random_dim, generator=self.latents).to(device) if pair else None
         zz, xx = (torch.cat([z1, z2]), torch.cat([x, x])) if pair else (z1, x)
-        fakes = self.g_step_model(zz, xx)
+        fakes, means = self.g_step_model(zz, xx, with_mean=True)
         logits, embedding = self.discriminator(fakes, xx)
         loss_adv = F.softplus(-logits).mean()
-        f1, f2 = fakes.split(batch) if pair else (fakes, None)
+        # Regularizers compare responses before photon statistics (pixel noise is not diversity),
+        # and latents without the photon noise; IID's encoder inverts what it sees of real data.
+        compared = fakes if reg.uses_real else means
+        f1, f2 = compared.split(batch) if pair else (compared, None)
         e1, e2 = (embedding.split(batch) if pair else (embedding, None)) if reg.uses_embedding else (None, None)
-        loss_reg = reg(regularizers.DiversityPair(z1, z2, f1, f2, self.weights[index].to(device), e1, e2,
+        loss_reg = reg(regularizers.DiversityPair(z1[:, :latent], None if z2 is None else z2[:, :latent], f1, f2,
+                                                  self.weights[index].to(device), e1, e2,
                                                   condition=x, real=real if reg.uses_real else None))
         loss_g = loss_adv + config.weight * loss_reg
+        loss_score = fakes.new_zeros(())
+        if scored:
+            loss_score = energy_score_loss(fakes, real, self.real_channels[index].to(device),
+                                           config.energy_score, config.energy_score_image)
+            loss_g = loss_g + loss_score
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         if self.world > 1:  # DDP averages the generator's gradients; the regularizer's own too
@@ -206,7 +229,30 @@ class _Run:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
         self.opt_g.step()
-        return np.array([loss_d.item(), loss_adv.item(), loss_reg.item()])
+        self._update_average()
+        return np.array([loss_d.item(), loss_adv.item(), loss_reg.item(), loss_score.item()])
+
+    def _set_learning_rates(self) -> None:
+        """Constant, then linear decay to 5 % over the last `lr_decay` share of all steps."""
+        config = self.config
+        total = config.epochs * (len(self.train_set) // self.world // config.batch_size)
+        decay_from = (1 - config.lr_decay) * total
+        factor = 1.0
+        if config.lr_decay > 0 and self.state.step >= decay_from:
+            factor = max(0.05, 1 - (self.state.step - decay_from) / max(1.0, total - decay_from))
+        for opt, lr in ((self.opt_g, config.lr_g), (self.opt_d, config.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        if self.average is self.generator:
+            return
+        decay = min(self.config.ema, (1 + self.state.step) / (10 + self.state.step))  # short memory at first
+        for avg, p in zip(self.average.parameters(), self.generator.parameters()):
+            avg.lerp_(p, 1 - decay)
+        for avg, b in zip(self.average.buffers(), self.generator.buffers()):
+            avg.copy_(b)
 
     def _end_epoch(self, mean_losses: np.ndarray, seconds: float) -> None:
         self.state.epoch += 1
@@ -215,13 +261,13 @@ class _Run:
             report = self.validate()
             record = {"epoch": self.state.epoch, "step": self.state.step, "seconds": round(seconds, 2),
                       "loss_d": float(mean_losses[0]), "loss_g_adv": float(mean_losses[1]),
-                      "loss_reg": float(mean_losses[2]), "val": report}
+                      "loss_reg": float(mean_losses[2]), "loss_score": float(mean_losses[3]), "val": report}
             self.state.history.append(record)
             with open(self.out / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if report["ws_mean"] < self.state.best_ws:
                 self.state.best_ws = report["ws_mean"]
-                checkpoint.save(self.out / BEST, checkpoint.prefixed("generator", self.generator.state_dict()),
+                checkpoint.save(self.out / BEST, checkpoint.prefixed("generator", self.average.state_dict()),
                                 self._metadata(validation=report, epoch=self.state.epoch))
             if self.progress_bar:
                 tqdm.write(f"epoch {self.state.epoch}: loss_d {mean_losses[0]:.3f} loss_g {mean_losses[1]:.3f} "
@@ -237,8 +283,39 @@ class _Run:
         feats, pdg, channels = self.validation["features"], self.validation["pdg"], self.validation["channels"]
         # A copy: the Simulator changes the memory layout of its generator, which would change the
         # float rounding of the training steps that follow (and break exact resumption).
-        simulator = Simulator(copy.deepcopy(self.generator), self.standardizer, device=self.device)
-        return evaluate_particles(simulator, feats, pdg, channels, self.config.val_samples, VALIDATION_SEED)
+        simulator = Simulator(copy.deepcopy(self.average), self.standardizer, device=self.device)
+        return evaluate_particles(simulator, feats, pdg, channels, self.config.val_samples, VALIDATION_SEED,
+                                  real_centres=self.validation["centres"], bootstrap=0)
+
+    def _fit_intensity(self, particles: int = 4000) -> None:
+        """The published post-processing: one factor in [0.9, 1.1] on the counts of the best
+        generator, chosen to minimise the channel WS on training particles (a 1 % scale error alone
+        moves a perfect simulator from 1.2x to 1.6x the floor). Done once; the best checkpoint is
+        rewritten with the factor and re-validated."""
+        tensors, meta = checkpoint.load(self.out / BEST)
+        if "intensity_factor" in meta:
+            return
+        simulator = Simulator.load(self.out / BEST, device=self.device)
+        _, (feats, channels) = metrics.group_repeats(self.train_set.particle_id, self.train_set.features,
+                                                     self.train_set.channels)
+        feats, channels = feats[:particles, 0], channels[:particles]
+        k = channels.shape[1]
+        generated = simulator.simulate(np.repeat(feats, k, 0), seed=VALIDATION_SEED + 1).channels.astype(np.float64)
+        factors = np.round(np.arange(0.9, 1.1001, 0.0025), 4)
+        ws = [metrics.ws_channels(channels.reshape(-1, geometry.N_CHANNELS), f * generated).mean() for f in factors]
+        factor = float(factors[int(np.argmin(ws))])
+        generator = simulator.generator
+        generator.intensity.mul_(factor)
+        simulator = Simulator(generator, self.standardizer, device=self.device)
+        feats_v, pdg_v, channels_v = self.validation["features"], self.validation["pdg"], self.validation["channels"]
+        report = evaluate_particles(simulator, feats_v, pdg_v, channels_v, self.config.val_samples, VALIDATION_SEED,
+                                    real_centres=self.validation["centres"], bootstrap=0)
+        checkpoint.save(self.out / BEST, checkpoint.prefixed("generator", generator.state_dict()),
+                        {**meta, "intensity_factor": factor, "validation_before_intensity": meta.get("validation"),
+                         "validation": report})
+        if self.progress_bar:
+            tqdm.write(f"intensity factor {factor:.4f}: val WS {report['ws_mean']:.1f} "
+                       f"({report['ratio_to_floor']:.2f}x floor)")
 
     def _check_replicas(self) -> None:
         """DDP keeps replicas identical; verify it, since a silent divergence would waste a run."""
@@ -252,6 +329,7 @@ class _Run:
     # --- state -----------------------------------------------------------------------------
     def _metadata(self, **extra) -> dict:
         return {"model": self.generator.config.to_dict(), "model_size": self.config.model,
+                "impact_residual_cm": self.impact_residual_cm,
                 "training": self.config.to_dict(), "standardizer": self.standardizer.to_dict(),
                 "dataset_fingerprint": self.fingerprint, "world_size": self.world,
                 "torch_version": torch.__version__, **extra}
@@ -262,6 +340,7 @@ class _Run:
         tensors = {**checkpoint.prefixed("generator", self.generator.state_dict()),
                    **checkpoint.prefixed("discriminator", self.discriminator.state_dict()),
                    **checkpoint.prefixed("regularizer", self.regularizer.state_dict()),
+                   **(checkpoint.prefixed("average", self.average.state_dict()) if self.average is not self.generator else {}),
                    "rng.latents": self.latents.get_state()}
         optimizers = {}
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
@@ -289,6 +368,8 @@ class _Run:
         self.generator.load_state_dict(checkpoint.unprefixed("generator", tensors))
         self.discriminator.load_state_dict(checkpoint.unprefixed("discriminator", tensors))
         self.regularizer.load_state_dict(checkpoint.unprefixed("regularizer", tensors))
+        if self.average is not self.generator:
+            self.average.load_state_dict(checkpoint.unprefixed("average", tensors))
         self.latents.set_state(tensors["rng.latents"].cpu())
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
             state: dict = {}
@@ -303,14 +384,76 @@ class _Run:
                               progress["history"])
 
 
+def _fit_impact(generator: Generator, features: torch.Tensor, data: training_data.Dataset,
+                inside_cm: float = 2.5) -> float:
+    """Fit the generator's impact head to the centres of real showers well inside the face, where
+    truncation does not pull them inwards: a first fit on showers whose centre is inside, a second
+    on those the first fit puts inside. Returns the median residual in cm."""
+    total, centres = torch.from_numpy(data.channels.sum(1)), torch.from_numpy(data.centres).double()
+    shower = (total >= metrics.MIN_MEAN_COUNTS) & torch.isfinite(centres).all(1)
+    use = shower & (centres.abs() < inside_cm).all(1)
+    if use.sum() < 20:
+        raise ConfigError(f"only {int(use.sum())} training responses are showers inside the face; expected at "
+                          "least 20 to fit the impact head (or train with impact_frame off)")
+    generator.fit_impact(features[use], centres[use])
+    with torch.no_grad():
+        predicted = generator.impact_point(features.float())
+    use = shower & (predicted.abs() < inside_cm).all(1)
+    return generator.fit_impact(features[use], centres[use])
+
+
+def _fit_total_heads(generator: Generator, features: torch.Tensor, data: training_data.Dataset, seed: int,
+                     steps: int = 1500, batch: int = 4096) -> None:
+    """Start the location-scale total head where the data is: mean(c) by least squares on the log
+    totals, scale(c) by the likelihood of the differences between repeats of one particle (their
+    variance is twice the shower's own plus photon statistics, 1 / counts, which the simulator
+    adds itself), and h(z, c) rescaled to zero mean and unit spread over latents. Showers inside
+    the face only: truncation at the edge is the shape's business. GAN training refines all three."""
+    g = torch.Generator().manual_seed(seed)
+    totals = torch.from_numpy(data.channels.sum(1)).float()
+    with torch.no_grad():
+        condition = generator.conditioner(features.float())
+        inside = (generator.impact_point(features.float()).abs() < 2.5).all(1) if generator.config.impact_frame \
+            else torch.ones(len(totals), dtype=torch.bool)
+    log_totals = torch.log1p(totals)
+    use = torch.nonzero(inside & (totals >= metrics.MIN_MEAN_COUNTS))[:, 0]
+    order = np.argsort(data.particle_id, kind="stable")
+    same = data.particle_id[order][1:] == data.particle_id[order][:-1]
+    first, second = torch.from_numpy(order[:-1][same]), torch.from_numpy(order[1:][same])
+    keep = inside[first] & (totals[first] >= metrics.MIN_MEAN_COUNTS) & (totals[second] >= metrics.MIN_MEAN_COUNTS)
+    first, second = first[keep], second[keep]
+    if len(use) < 2 or len(first) < 2:
+        return
+    difference = log_totals[first] - log_totals[second]
+    photon_variance = 2.0 / (totals[first] + totals[second])
+    heads = list(generator.total_mean.parameters()) + list(generator.total_scale.parameters())
+    opt = torch.optim.Adam(heads, lr=2e-3)
+    for _ in range(steps):
+        i = use[torch.randint(len(use), (batch,), generator=g)]
+        j = torch.randint(len(first), (batch,), generator=g)
+        loss_mean = (generator.total_mean(condition[i])[:, 0] - log_totals[i]).pow(2).mean()
+        variance = torch.exp(2 * generator.total_scale(condition[first[j]])[:, 0]) + photon_variance[j]
+        loss_scale = (0.5 * torch.log(variance) + difference[j].pow(2) / (4 * variance)).mean()
+        opt.zero_grad(set_to_none=True)
+        (loss_mean + loss_scale).backward()
+        opt.step()
+    with torch.no_grad():
+        z = torch.randn(len(use), generator.config.latent_dim, generator=g) * torch.sigmoid(generator.gate(condition[use]))
+        h = generator.total(torch.cat([z, condition[use]], 1))[:, 0]
+        last = generator.total[-1]
+        last.weight.div_(h.std().clamp_min(1e-6))
+        last.bias.sub_(h.mean()).div_(h.std().clamp_min(1e-6))
+
+
 def _validation_arrays(val: training_data.Dataset, max_particles: int) -> dict:
     """Group the validation entries by particle: features (P, 9), pdg (P,), channels (P, K, 5),
     and a few particles' real images for the plots."""
     from zdc_sim.metrics import group_repeats
 
     index = np.arange(len(val))
-    _, (feats, pdg, channels, rows) = group_repeats(val.particle_id, val.features, val.pdg, val.channels, index)
-    feats, pdg, channels, rows = (a[:max_particles] for a in (feats, pdg, channels, rows))
-    return {"features": feats[:, 0], "pdg": pdg[:, 0], "channels": channels,
+    _, (feats, pdg, channels, centres, rows) = group_repeats(val.particle_id, val.features, val.pdg, val.channels,
+                                                             val.centres, index)
+    feats, pdg, channels, centres, rows = (a[:max_particles] for a in (feats, pdg, channels, centres, rows))
+    return {"features": feats[:, 0], "pdg": pdg[:, 0], "channels": channels, "centres": centres,
             "images": torch.expm1(val.log_images[torch.as_tensor(rows[:8].ravel())]).numpy().reshape(
                 len(rows[:8]), rows.shape[1], 44, 44)}

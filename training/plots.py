@@ -98,3 +98,58 @@ def _curve(out, history):
     ax2.set(xlabel="epoch")
     ax2.legend()
     return _save(fig, out / "learning_curve.png")
+
+
+def write_evaluation_plots(out, simulator: Simulator, feats, pdg, real, seed: int, samples: int = 10,
+                           real_images=None) -> list[Path]:
+    """What a physicist looks at after `zdc-sim evaluate --plots DIR`: channel histograms real vs
+    generated per shower class, relative spread real vs generated per particle, and mean responses
+    real vs generated of a few particles (when their real images are given)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    generated = simulator.simulate(np.repeat(feats, samples, 0), seed=seed).channels.reshape(len(feats), samples, -1)
+    paths = [_channels_by_class(out, real, generated, pdg), _spread(out, real, generated, pdg)]
+    if real_images is not None:
+        paths.append(_mean_responses(out, simulator, real_images, seed))
+    return paths
+
+
+def _channels_by_class(out, real, generated, pdg):
+    classes = reference.shower_class(pdg)
+    names = (reference.HADRONIC, reference.ELECTROMAGNETIC)
+    fig, axes = plt.subplots(len(names), geometry.N_CHANNELS, figsize=(18, 6.4), squeeze=False)
+    for row, cls in enumerate(names):
+        sel = classes == cls
+        for c, ax in enumerate(axes[row]):
+            r, g = real[sel][..., c].ravel(), generated[sel][..., c].ravel()
+            if len(r) == 0:
+                continue
+            bins = np.linspace(0, max(np.percentile(r, 99.5), 1.0), 50)
+            ax.hist(r, bins, histtype="step", density=True, label="real", lw=1.5)
+            ax.hist(g, bins, histtype="step", density=True, label="generated", lw=1.5)
+            ax.set_title(f"{cls} {geometry.CHANNEL_NAMES[c]}", fontsize=9)
+            ax.set_yscale("log")
+            ax.set_xlabel("counts")
+    axes[0, 0].legend()
+    return _save(fig, out / "channels_by_class.png")
+
+
+def _mean_responses(out, simulator, particles: dict, seed, samples: int = 20):
+    """particles: {'features' (n, 9), 'images' (n, K, 44, 44), 'labels' [n]}."""
+    feats, images = particles["features"], particles["images"]
+    n = len(feats)
+    fake = simulator.simulate(np.repeat(feats, samples, 0), seed=seed).counts.reshape(n, samples, 44, 44).mean(1)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for p in range(n):
+        real_mean = images[p].mean(0)
+        top = max(np.log1p(real_mean).max(), 1e-3)
+        for col, (image, title) in enumerate(((np.log1p(real_mean), "real mean"), (np.log1p(fake[p]), "generated mean"),
+                                              (np.log1p(fake[p]) - np.log1p(real_mean), "generated - real"))):
+            ax = axes[p, col]
+            diff = col == 2
+            ax.imshow(image, cmap="RdBu_r" if diff else "viridis", vmin=-top / 4 if diff else 0,
+                      vmax=top / 4 if diff else top)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{particles['labels'][p]}: {title}" if col == 0 else title, fontsize=8)
+    return _save(fig, out / "mean_responses.png")

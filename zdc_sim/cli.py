@@ -58,7 +58,8 @@ def _train(args) -> None:
 
     overrides = {k: getattr(args, k) for k in ("data", "out", "val_data", "model", "epochs", "batch_size",
                                                 "regularizer", "lam", "sdi_weight", "sdi_space", "seed",
-                                                "device", "threads", "checkpoint_every", "max_entries")}
+                                                "device", "threads", "checkpoint_every", "max_entries",
+                                                "energy_score", "energy_score_image", "ema")}
     if args.regularizer_options:
         overrides["regularizer_options"] = dict(_key_value(o) for o in args.regularizer_options)
     config = TrainConfig.build(args.config, **overrides)
@@ -87,7 +88,8 @@ def _evaluate(args) -> None:
 
     simulator = Simulator.load(args.checkpoint, device=args.device)
     report = evaluate_file(simulator, args.data, max_particles=args.max_particles, samples=args.samples,
-                           seed=args.seed, ceiling=args.ceiling, schema=_schema(args))
+                           seed=args.seed, ceiling=args.ceiling, schema=_schema(args), bootstrap=args.bootstrap,
+                           plots=args.plots)
     report["checkpoint"] = str(args.checkpoint) if args.checkpoint else "default model"
     print(format_report(report))
     if args.json:
@@ -189,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lambda", dest="lam", type=float, help="weight of the regularizer (default: its published one)")
     tr.add_argument("--regularizer-option", dest="regularizer_options", action="append", metavar="KEY=VALUE",
                     help="a hyper-parameter of the regularizer, e.g. alpha=0.9 (repeatable)")
-    tr.add_argument("--sdi-weight", dest="sdi_weight", help="absolute (published) or relative spread weights")
+    tr.add_argument("--sdi-weight", dest="sdi_weight", help="absolute (published), relative or channels spread weights")
+    tr.add_argument("--energy-score", dest="energy_score", type=float, help="weight of the channel energy score")
+    tr.add_argument("--energy-score-image", dest="energy_score_image", type=float,
+                    help="weight of the pooled-image energy score")
+    tr.add_argument("--ema", type=float, help="decay of the generator's moving average (0: none)")
     tr.add_argument("--sdi-space", dest="sdi_space", help="image or embedding")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", dest="batch_size", type=int)
@@ -210,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     ev.add_argument("--ceiling", action="store_true",
                     help="also score fresh reference Monte Carlo repeats (reference data only)")
+    ev.add_argument("--bootstrap", type=int, default=200,
+                    help="resamples of the particles for the interval of the mean ratio (0: none)")
+    ev.add_argument("--plots", metavar="DIR", help="also draw channel histograms per class, spreads, mean responses")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")

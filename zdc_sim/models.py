@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import INDEX, N_FEATURES, Standardizer
-from .geometry import GRID, N_CHANNELS, channel_sums
+from .geometry import GRID, N_CHANNELS, PITCH_CM, channel_sums
 
 N_DERIVED = 6
 CONDITION_DIM = N_FEATURES + N_DERIVED
@@ -28,17 +28,54 @@ COARSE = GRID // 4  # the generator's first feature map is 11 x 11, upsampled tw
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Sizes of both networks. `width` is the channel count of the last generator stage (the
-    stages before have 2x and 4x); `hidden` is the width of the dense layers."""
+    """Sizes and structure of both networks. `width` is the channel count of the last generator
+    stage (the stages before have 2x and 4x); `hidden` is the width of the dense layers.
+
+    Structure (each a lever of the fidelity work; see docs/fidelity.md):
+    impact_frame  the shower is drawn in its own frame and translated to the impact point given by
+                  a linear map of the condition fitted to real shower centres (frozen), so where a
+                  shower lands is exact by construction and the latent only shapes it;
+    latent_gate   the latent is gated per particle, z * sigmoid(W c + b), and the log total is
+                  mean(c) + scale(c) * h(z, c): a near-deterministic response is one parameter away;
+    upsample      'nearest' (x2 nearest neighbour + 3x3 convolution: no checkerboard, which channel 5
+                  would read) or 'transposed' (stride-2 transposed convolutions, the first design);
+    photon_noise  the network outputs mean photon counts and photon statistics are drawn from them
+                  (see `photon_counts`), so the latent no longer has to fake pixel noise.
+    """
 
     latent_dim: int = 10
-    width: int = 16
+    width: int = 12
     hidden: int = 256
     disc_width: int = 16
+    impact_frame: bool = True
+    latent_gate: bool = True
+    upsample: str = "nearest"
+    photon_noise: bool = True
+
+    def __post_init__(self):
+        if self.upsample not in ("nearest", "transposed"):
+            raise ValueError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """A stored config; keys missing from checkpoints of the first design take its values."""
+        return cls(**{**LEGACY, **values})
+
+    @property
+    def noise_dim(self) -> int:
+        """Photon-noise inputs per sample (one standard normal per fibre), 0 without photon noise."""
+        return GRID * GRID if self.photon_noise else 0
+
+    @property
+    def random_dim(self) -> int:
+        """Random inputs per sample the generator takes: the latent, then the photon noise."""
+        return self.latent_dim + self.noise_dim
+
+
+LEGACY = {"impact_frame": False, "latent_gate": False, "upsample": "transposed", "photon_noise": False}
 
 SIZES = {
     "tiny": ModelConfig(width=4, hidden=32, disc_width=4),  # tests
@@ -94,56 +131,153 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class Generator(nn.Module):
-    """(latent (N, latent_dim), standardised features (N, 9)) -> log(1 + counts) (N, 1, 44, 44).
+PRIOR_CM = 1.0  # width of the Gaussian envelope added to the shape logits in the shower's frame
 
-    The response is factorised as total counts x shape: a small head predicts the log of the total
-    from (latent, condition), the convolutional stack a shape (a softmax over the 1936 fibres). The
-    total decides the channel sums that the fidelity metric compares, and its fluctuation from one
-    latent to the next is the per-particle diversity SDI is about; as a direct output it is learned
-    far faster than a total implied by 1936 pixel intensities. Non-negative by construction.
+
+def photon_counts(mean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Photon counts drawn from mean counts with one standard normal `noise` value per fibre.
+
+    Below one photon: 1 with probability `mean` (Phi(noise) < mean), Poisson's mean and, to within
+    mean^2, its variance; from one photon up: round(mean + sqrt(mean) * noise), Poisson's mean and
+    variance. Drawn from given normals (not a sampler's own state) so a seed gives the same counts
+    whatever the batch, and differentiable in `mean` (straight-through), so training sees exactly
+    what the simulator returns.
+    """
+    small = (torch.special.ndtr(noise) < mean).to(mean.dtype)
+    large = torch.round(mean + mean.clamp_min(0).sqrt() * noise).clamp_min(0)
+    counts = torch.where(mean < 1, small, large)
+    return mean + (counts - mean).detach()
+
+
+class Generator(nn.Module):
+    """(random inputs (N, random_dim), standardised features (N, 9)) -> log(1 + counts) (N, 1, 44, 44).
+
+    The random inputs are the latent (latent_dim) and, with photon noise, one standard normal per
+    fibre. The response is factorised as total counts x shape: a head predicts the log of the total
+    from (latent, condition), the convolutional stack a shape (a softmax over the fibres, or over a
+    44 x 44 canvas in the shower's own frame, translated to the impact point). The total decides the
+    channel sums that the fidelity metric compares; as a direct output it is learned far faster
+    than a total implied by 1936 pixel intensities. Non-negative by construction.
     """
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
-        w, h = config.width, config.hidden
+        w, h, latent = config.width, config.hidden, config.latent_dim
         self.conditioner = Conditioner()
-        inputs = config.latent_dim + CONDITION_DIM
+        inputs = latent + CONDITION_DIM
         self.dense = nn.Sequential(mlp([inputs, h, h, 4 * w * COARSE * COARSE]), nn.LeakyReLU(0.2))
-        self.upsample = nn.Sequential(
-            nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 22 x 22
-            nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 44 x 44
-            nn.Conv2d(w, 1, 3, padding=1),  # shape logits
-        )
-        self.total = mlp([inputs, h // 2, h // 2, 1])  # log total counts
-        # Start collapsed (the total ignores the latent): diversity is then something training must
-        # add where the data has it, instead of random initial noise it must remove where it has not.
-        nn.init.zeros_(self.total[-1].weight)
+        if config.upsample == "nearest":
+            self.upsample = nn.Sequential(
+                nn.Upsample(scale_factor=2), nn.Conv2d(4 * w, 2 * w, 3, padding=1), nn.LeakyReLU(0.2),  # 22
+                nn.Upsample(scale_factor=2), nn.Conv2d(2 * w, w, 3, padding=1), nn.LeakyReLU(0.2),  # 44
+                nn.Conv2d(w, 1, 3, padding=1),  # shape logits
+            )
+        else:
+            self.upsample = nn.Sequential(
+                nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 22 x 22
+                nn.ConvTranspose2d(2 * w, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 44 x 44
+                nn.Conv2d(w, 1, 3, padding=1),  # shape logits
+            )
+        self.total = mlp([inputs, h // 2, h // 2, 1])  # log total counts, or h(z, c) with the gate
+        if config.latent_gate:
+            self.gate = nn.Linear(CONDITION_DIM, latent)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, 1.0)
+            self.total_mean = mlp([CONDITION_DIM, h // 2, h // 2, 1])
+            self.total_scale = mlp([CONDITION_DIM, h // 2, 1])  # log of the scale
+            nn.init.zeros_(self.total_scale[-1].weight)
+            nn.init.constant_(self.total_scale[-1].bias, float(np.log(0.1)))
+        else:
+            # Start collapsed (the total ignores the latent): diversity is then something training
+            # must add where the data has it, instead of initial noise it must remove where it has not.
+            nn.init.zeros_(self.total[-1].weight)
+        if config.impact_frame:
+            self.register_buffer("impact_weight", torch.zeros(2, CONDITION_DIM))
+            self.register_buffer("impact_bias", torch.zeros(2))
+            offset = (torch.arange(GRID, dtype=torch.float32) - (GRID - 1) / 2) * PITCH_CM
+            r2 = offset[:, None] ** 2 + offset[None, :] ** 2
+            self.register_buffer("prior", (-r2 / (2 * PRIOR_CM**2)).reshape(1, -1))
+            self.register_buffer("pixel_index", torch.arange(GRID, dtype=torch.float32))
+        self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
 
     @torch.no_grad()
     def set_total_scale(self, mean_log_total: float) -> None:
         """Start the total head at the training set's mean log total (a wide dynamic range)."""
-        self.total[-1].bias.fill_(float(mean_log_total))
+        head = self.total_mean if self.config.latent_gate else self.total
+        head[-1].bias.fill_(float(mean_log_total))
 
-    def forward(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        inputs = torch.cat([z, self.conditioner(features)], 1)
-        h = self.dense(inputs).view(-1, 4 * self.config.width, COARSE, COARSE)
-        if self.upsample[0].weight.is_contiguous(memory_format=torch.channels_last):
+    @torch.no_grad()
+    def fit_impact(self, features: torch.Tensor, centres_cm: torch.Tensor) -> float:
+        """Least-squares fit of the impact head, a linear map condition -> (x, y) on the face in cm,
+        to real shower centres; returns the median distance of the fit from them (cm)."""
+        condition = self.conditioner(features.float()).double()
+        design = torch.cat([condition, torch.ones(len(condition), 1, dtype=torch.float64)], 1)
+        solution = torch.linalg.lstsq(design, centres_cm.double()).solution  # (C + 1, 2)
+        self.impact_weight.copy_(solution[:-1].T)
+        self.impact_bias.copy_(solution[-1])
+        return float((design @ solution - centres_cm.double()).norm(dim=1).median())
+
+    def impact_point(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, 2) where the impact head puts each shower's centre, cm from the face centre."""
+        condition = self.conditioner(features)
+        return (condition @ self.impact_weight.T + self.impact_bias).clamp(-20.0, 20.0)
+
+    def log_mean_counts(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """log of the mean photon counts (N, 44, 44), before photon statistics."""
+        config = self.config
+        condition = self.conditioner(features)
+        if config.latent_gate:
+            z = z * torch.sigmoid(self.gate(condition))
+        inputs = torch.cat([z, condition], 1)
+        h = self.dense(inputs).view(-1, 4 * config.width, COARSE, COARSE)
+        if next(self.upsample.parameters()).is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)  # see Simulator: faster CPU kernels
-        log_shape = torch.log_softmax(self.upsample(h).reshape(len(h), -1), dim=1)
-        log_counts = self.total(inputs) + log_shape
-        return F.softplus(log_counts).view(-1, 1, GRID, GRID)  # log(1 + exp(log counts))
+        logits = self.upsample(h).reshape(len(h), -1)
+        if config.latent_gate:
+            log_total = self.total_mean(condition) + torch.exp(self.total_scale(condition)) * self.total(inputs)
+        else:
+            log_total = self.total(inputs)
+        log_total = log_total + torch.log(self.intensity)
+        if not config.impact_frame:
+            return (log_total + torch.log_softmax(logits, dim=1)).view(-1, GRID, GRID)
+        shape = torch.softmax(logits + self.prior, dim=1).view(-1, 1, GRID, GRID)
+        face = self._to_face(shape, self.impact_point(features))
+        return log_total[:, :, None] + torch.log(face.clamp_min(1e-30))
+
+    def _to_face(self, shape: torch.Tensor, impact: torch.Tensor) -> torch.Tensor:
+        """Translate shapes drawn centred on a 44 x 44 canvas so that their centre lands on the
+        impact point (bilinear, mass-preserving inside the face; what leaves the canvas is lost)."""
+        shift_col = -impact[:, 0] / PITCH_CM  # x runs along columns
+        shift_row = impact[:, 1] / PITCH_CM  # y runs up, rows down
+        scale = 2.0 / (GRID - 1)
+        cols = (self.pixel_index[None, None, :] + shift_col[:, None, None]) * scale - 1
+        rows = (self.pixel_index[None, :, None] + shift_row[:, None, None]) * scale - 1
+        grid = torch.stack(torch.broadcast_tensors(cols, rows), -1)
+        return F.grid_sample(shape, grid.to(shape.dtype), mode="bilinear", padding_mode="zeros",
+                             align_corners=True)[:, 0]
+
+    def forward(self, random: torch.Tensor, features: torch.Tensor, with_mean: bool = False):
+        """log(1 + counts) (N, 1, 44, 44); with_mean: also log(1 + mean counts), the response
+        before photon statistics (what the diversity regularizers compare)."""
+        latent = self.config.latent_dim
+        log_mean = self.log_mean_counts(random[:, :latent], features)
+        mean = F.softplus(log_mean)[:, None]  # log(1 + exp(log counts))
+        if not self.config.photon_noise:
+            return (mean, mean) if with_mean else mean
+        noise = random[:, latent:].reshape(log_mean.shape)
+        counts = torch.log1p(photon_counts(torch.exp(log_mean), noise))[:, None]
+        return (counts, mean) if with_mean else counts
 
 
 class Discriminator(nn.Module):
     """(log(1 + counts) (N, 1, 44, 44), standardised features (N, 9)) -> (logit (N,), embedding (N, hidden)).
 
     Besides the image it sees the quantities the fidelity metric compares: the log of the 5 channel
-    sums, and the log of the total counts per GeV of particle energy, amplified. The latter is
-    constant to ~2 % for electromagnetic showers and varies by ~30 % for hadronic ones; a
-    discriminator that had to resolve it from pixels and a raw log energy would let an over- or
-    under-spread total pass for many epochs.
+    sums; the log of the total counts per GeV of particle energy, amplified (constant to ~2 % for
+    electromagnetic showers, ~30 % spread for hadronic ones: resolved from pixels and a raw log
+    energy, an over- or under-spread total would pass for many epochs); and the log ratio of
+    channel 5 (odd-parity fibres) to the towers, amplified, where a checkerboard would show.
     """
 
     def __init__(self, config: ModelConfig = ModelConfig()):
@@ -157,7 +291,7 @@ class Discriminator(nn.Module):
             nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 5
             nn.Flatten(), nn.Linear(4 * w * 5 * 5, h), nn.LeakyReLU(0.2),
         )
-        self.head = mlp([h + N_CHANNELS + 1 + CONDITION_DIM, h, 1])
+        self.head = mlp([h + N_CHANNELS + 2 + CONDITION_DIM, h, 1])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.conv(images)
@@ -168,7 +302,10 @@ class Discriminator(nn.Module):
         log_total = torch.logsumexp(log_sums, dim=1, keepdim=True)
         energy = standardized_energy_gev(features, self.conditioner)
         per_gev = (log_total - torch.log(energy.clamp_min(1e-3))[:, None]).clamp(1.0, 5.0)  # misses sit at 1
-        summary = torch.cat([(log_sums - 7.0) / 2.0, 5.0 * (per_gev - 3.0)], 1).to(embedding.dtype)
+        # The share of the odd-parity fibres (channel 5) is 0.50 +- 0.02: amplified, so a checkerboard shows.
+        sums = torch.expm1(log_sums)
+        parity = torch.log((sums[:, 4:] + 1.0) / (sums[:, :4].sum(1, keepdim=True) + 1.0)).clamp(-1.0, 1.0)
+        summary = torch.cat([(log_sums - 7.0) / 2.0, 5.0 * (per_gev - 3.0), 10.0 * parity], 1).to(embedding.dtype)
         logit = self.head(torch.cat([embedding, summary, self.conditioner(features)], 1))
         return logit[:, 0], embedding
 
@@ -199,14 +336,14 @@ def standardized_energy_gev(features: torch.Tensor, conditioner: Conditioner) ->
 
 
 def generator_flops_per_sample(config: ModelConfig = ModelConfig()) -> int:
-    """Multiply-adds x 2 of one generator pass (dense and convolution layers; activations ignored)."""
+    """Multiply-adds x 2 of one generator pass (dense and convolution layers; activations,
+    translation and photon statistics ignored)."""
     model = Generator(config)
-    macs = 0
+    macs = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
     size = COARSE
-    macs += sum(m.in_features * m.out_features for m in model.total.modules() if isinstance(m, nn.Linear))
-    for module in list(model.dense.modules()) + list(model.upsample.modules()):
-        if isinstance(module, nn.Linear):
-            macs += module.in_features * module.out_features
+    for module in model.upsample:
+        if isinstance(module, nn.Upsample):
+            size *= 2
         elif isinstance(module, nn.ConvTranspose2d):
             macs += size * size * module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
             size *= 2

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .geometry import GRID, channel_sums
 from .metrics import MIN_MEAN_COUNTS
 
 DISTANCE_EPS = 1e-2  # keeps SDI's d_z / d_x finite when two generated samples are identical
@@ -209,7 +210,7 @@ def make(name: str, encoder: nn.Module | None = None, **options) -> Regularizer:
         raise ValueError(f"regularizer {name!r} got options {given}; expected only {allowed}") from None
 
 
-WEIGHT_KINDS = ("absolute", "relative")
+WEIGHT_KINDS = ("absolute", "relative", "channels")
 
 
 def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str = "absolute",
@@ -221,7 +222,10 @@ def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str
     relative: std / mean of the particle's total counts over its repeats, which measures how much
         its showers fluctuate whatever its energy.
         Particles whose mean total is below metrics.MIN_MEAN_COUNTS (misses) get 0.
-    Both are min-max normalised over the training set. Particles seen once get weight 0: their
+    channels: the spread of the 5 channel sums beyond photon statistics, sqrt(max(var - mean, 0)) /
+        mean, averaged over the channels: the diversity the fidelity metric sees, without the
+        Poisson pixel noise that dominates the absolute weight of a small shower. Misses get 0.
+    All are min-max normalised over the training set. Particles seen once get weight 0: their
     diversity cannot be measured.
     """
     if kind not in WEIGHT_KINDS:
@@ -232,6 +236,9 @@ def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str
     x = torch.as_tensor(np.asarray(log_images).reshape(len(inverse), -1))
     if kind == "relative":
         x = torch.expm1(x.double()).sum(1, keepdim=True)
+    elif kind == "channels":
+        x = torch.cat([channel_sums(torch.expm1(x[i : i + 8192].double().reshape(-1, GRID, GRID)))
+                       for i in range(0, len(x), 8192)])
     total = torch.zeros(len(ids), x.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for start in range(0, len(x), 8192):  # bounded float64 temporaries
@@ -243,6 +250,9 @@ def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str
     std = var.sqrt()
     if kind == "absolute":
         raw = std.sum(1)
+    elif kind == "channels":
+        excess = (var - mean).clamp_min(0).sqrt() / mean.clamp_min(1.0)
+        raw = torch.where(mean.sum(1) >= MIN_MEAN_COUNTS, excess.mean(1), torch.zeros_like(excess[:, 0]))
     else:  # nearly empty responses (misses) fluctuate by counting statistics alone: weight 0
         raw = torch.where(mean[:, 0] >= MIN_MEAN_COUNTS, std[:, 0] / mean[:, 0].clamp_min(1.0), torch.zeros_like(std[:, 0]))
     raw = torch.where(n > 1, raw, torch.zeros_like(raw))

@@ -22,7 +22,7 @@ from .geometry import channel_sums
 from .models import Generator, ModelConfig
 
 DEFAULT_BATCH = 4096
-LATENT_BLOCK = 1024  # rows per independently seeded block of latents
+LATENT_BLOCK = 64  # rows per independently seeded block of random inputs
 
 
 def default_model_path() -> Path:
@@ -87,8 +87,10 @@ class Simulator:
         tensors, meta = checkpoint.load(path)
         meta = {**meta, "checksum": checkpoint.file_fingerprint(path), "path": str(path)}
         try:
-            generator = Generator(ModelConfig(**meta["model"]))
-            generator.load_state_dict(checkpoint.unprefixed("generator", tensors))
+            generator = Generator(ModelConfig.from_dict(meta["model"]))
+            weights = checkpoint.unprefixed("generator", tensors)
+            weights.setdefault("intensity", torch.ones(()))  # checkpoints from before post-processing
+            generator.load_state_dict(weights)
             standardizer = features.Standardizer.from_dict(meta["standardizer"])
         except (KeyError, TypeError, RuntimeError) as exc:
             raise checkpoint.CheckpointError(
@@ -102,6 +104,11 @@ class Simulator:
     def latent_dim(self) -> int:
         return self.generator.config.latent_dim
 
+    @property
+    def random_dim(self) -> int:
+        """Random inputs per particle: the latent, then one photon-noise value per fibre."""
+        return self.generator.config.random_dim
+
     @torch.inference_mode()
     def simulate(self, particle_features, seed: int | None = None) -> Simulation:
         """Simulate one response per row of `particle_features` (N, 9).
@@ -114,16 +121,17 @@ class Simulator:
         return self.simulate_latents(raw, self.latents(len(raw), seed))
 
     def latents(self, n: int, seed: int | None = None, start: int = 0) -> np.ndarray:
-        """The (n, latent_dim) float32 latents of rows start .. start + n - 1 for `seed` (random if
-        None). Rows come in blocks of LATENT_BLOCK drawn from numpy generators seeded (seed, block),
+        """The (n, random_dim) float32 random inputs (latent, then photon noise) of rows start ..
+        start + n - 1 for `seed` (random if None): standard normals in blocks of LATENT_BLOCK rows
+        drawn from numpy generators seeded (seed, block),
         so any row range is found without drawing what comes before it: an export that resumes at
         entry k, or reads in chunks of any size, gets the same latents as one pass."""
         if n <= 0:
-            return np.empty((0, self.latent_dim), np.float32)
+            return np.empty((0, self.random_dim), np.float32)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
         first, last = start // LATENT_BLOCK, (start + n - 1) // LATENT_BLOCK
-        blocks = [np.random.default_rng([int(seed), b]).standard_normal((LATENT_BLOCK, self.latent_dim), np.float32)
+        blocks = [np.random.default_rng([int(seed), b]).standard_normal((LATENT_BLOCK, self.random_dim), np.float32)
                   for b in range(first, last + 1)]
         offset = start - first * LATENT_BLOCK
         return np.concatenate(blocks)[offset : offset + n]
@@ -156,6 +164,8 @@ class Simulator:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             log_counts = self._forward(z, x)
         counts = torch.expm1(log_counts[:n, 0].float())
+        if self.generator.config.photon_noise:
+            counts = torch.round(counts)  # whole photons: undo the rounding of log1p / expm1
         if self._pinned:  # copy back into page-locked memory without blocking, then wait once
             host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
             host.copy_(counts, non_blocking=True)
