@@ -53,7 +53,7 @@ def generator_only(sim: Simulator, batch: int, seconds: float) -> float:
     device = sim.device
     feats, _ = reference.sample_particles(batch, np.random.default_rng(0))
     x = torch.from_numpy(sim.standardizer.transform(features.validate(feats))).to(device)
-    z = torch.randn(batch, sim.latent_dim, device=device)
+    z = torch.randn(batch, sim.random_dim, device=device)
     forward = sim._forward
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=sim.bf16):
         forward(z, x)

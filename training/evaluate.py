@@ -74,8 +74,12 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
     if em.any():
         report["em_total_error"] = float(np.median(np.abs(generated_totals[em] / real_totals[em] - 1)))
         if real_centres is not None and generated_centres is not None:
-            shift = np.nanmean(generated_centres[em], 1) - np.nanmean(real_centres[em], 1)
-            report["em_centre_error_cm"] = float(np.nanmedian(np.linalg.norm(shift, axis=1)))
+            with np.errstate(invalid="ignore"):  # an empty generated response has no centre
+                generated = np.nanmean(np.where(np.isfinite(generated_centres[em]), generated_centres[em], np.nan), 1) \
+                    if np.isfinite(generated_centres[em]).any() else np.full((int(em.sum()), 2), np.nan)
+                shift = np.linalg.norm(generated - np.nanmean(real_centres[em], 1), axis=1)
+            if np.isfinite(shift).any():
+                report["em_centre_error_cm"] = float(np.nanmedian(shift))
     return report
 
 

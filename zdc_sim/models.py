@@ -208,12 +208,17 @@ class Generator(nn.Module):
         head[-1].bias.fill_(float(mean_log_total))
 
     @torch.no_grad()
-    def fit_impact(self, features: torch.Tensor, centres_cm: torch.Tensor) -> float:
+    def fit_impact(self, features: torch.Tensor, centres_cm: torch.Tensor, ridge: float = 1e-6) -> float:
         """Least-squares fit of the impact head, a linear map condition -> (x, y) on the face in cm,
-        to real shower centres; returns the median distance of the fit from them (cm)."""
+        to real shower centres; returns the median distance of the fit from them (cm). A tiny ridge
+        (relative to the number of showers; the condition is standardised) keeps the solution
+        small and the same from run to run: energy and pz are nearly collinear, and a plain
+        least-squares solve answered with cancelling weights in the thousands whose last digits
+        depended on memory alignment."""
         condition = self.conditioner(features.float()).double()
         design = torch.cat([condition, torch.ones(len(condition), 1, dtype=torch.float64)], 1)
-        solution = torch.linalg.lstsq(design, centres_cm.double()).solution  # (C + 1, 2)
+        gram = design.T @ design + ridge * len(design) * torch.eye(design.shape[1], dtype=torch.float64)
+        solution = torch.linalg.solve(gram, design.T @ centres_cm.double())  # (C + 1, 2)
         self.impact_weight.copy_(solution[:-1].T)
         self.impact_bias.copy_(solution[-1])
         return float((design @ solution - centres_cm.double()).norm(dim=1).median())
@@ -235,10 +240,12 @@ class Generator(nn.Module):
             h = h.contiguous(memory_format=torch.channels_last)  # see Simulator: faster CPU kernels
         logits = self.upsample(h).reshape(len(h), -1)
         if config.latent_gate:
-            log_total = self.total_mean(condition) + torch.exp(self.total_scale(condition)) * self.total(inputs)
+            scale = torch.exp(self.total_scale(condition).clamp(max=2.0))
+            log_total = self.total_mean(condition) + scale * self.total(inputs)
         else:
             log_total = self.total(inputs)
-        log_total = log_total + torch.log(self.intensity)
+        # Bounded (e^25 ~ 7e10 photons), so a particle far outside the training range cannot overflow.
+        log_total = log_total.clamp(-25.0, 25.0) + torch.log(self.intensity)
         if not config.impact_frame:
             return (log_total + torch.log_softmax(logits, dim=1)).view(-1, GRID, GRID)
         shape = torch.softmax(logits + self.prior, dim=1).view(-1, 1, GRID, GRID)
