@@ -228,8 +228,8 @@ class Generator(nn.Module):
         condition = self.conditioner(features)
         return (condition @ self.impact_weight.T + self.impact_bias).clamp(-20.0, 20.0)
 
-    def log_mean_counts(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """log of the mean photon counts (N, 44, 44), before photon statistics."""
+    def mean_counts(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Mean photon counts (N, 44, 44), before photon statistics."""
         config = self.config
         condition = self.conditioner(features)
         if config.latent_gate:
@@ -247,10 +247,9 @@ class Generator(nn.Module):
         # Bounded (e^25 ~ 7e10 photons), so a particle far outside the training range cannot overflow.
         log_total = log_total.clamp(-25.0, 25.0) + torch.log(self.intensity)
         if not config.impact_frame:
-            return (log_total + torch.log_softmax(logits, dim=1)).view(-1, GRID, GRID)
+            return torch.exp(log_total + torch.log_softmax(logits, dim=1)).view(-1, GRID, GRID)
         shape = torch.softmax(logits + self.prior, dim=1).view(-1, 1, GRID, GRID)
-        face = self._to_face(shape, self.impact_point(features))
-        return log_total[:, :, None] + torch.log(face.clamp_min(1e-30))
+        return torch.exp(log_total)[:, :, None] * self._to_face(shape, self.impact_point(features))
 
     def _to_face(self, shape: torch.Tensor, impact: torch.Tensor) -> torch.Tensor:
         """Translate shapes drawn centred on a 44 x 44 canvas so that their centre lands on the
@@ -264,17 +263,24 @@ class Generator(nn.Module):
         return F.grid_sample(shape, grid.to(shape.dtype), mode="bilinear", padding_mode="zeros",
                              align_corners=True)[:, 0]
 
-    def forward(self, random: torch.Tensor, features: torch.Tensor, with_mean: bool = False):
-        """log(1 + counts) (N, 1, 44, 44); with_mean: also log(1 + mean counts), the response
-        before photon statistics (what the diversity regularizers compare)."""
+    def counts(self, random: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Photon counts (N, 44, 44): the mean counts with photon statistics drawn from the noise
+        part of `random` (the mean itself without photon noise). What the Simulator returns."""
         latent = self.config.latent_dim
-        log_mean = self.log_mean_counts(random[:, :latent], features)
-        mean = F.softplus(log_mean)[:, None]  # log(1 + exp(log counts))
+        mean = self.mean_counts(random[:, :latent], features)
         if not self.config.photon_noise:
-            return (mean, mean) if with_mean else mean
-        noise = random[:, latent:].reshape(log_mean.shape)
-        counts = torch.log1p(photon_counts(torch.exp(log_mean), noise))[:, None]
-        return (counts, mean) if with_mean else counts
+            return mean
+        return photon_counts(mean, random[:, latent:].reshape(mean.shape))
+
+    def forward(self, random: torch.Tensor, features: torch.Tensor, with_mean: bool = False):
+        """log(1 + counts) (N, 1, 44, 44), what the discriminator sees; with_mean: also
+        log(1 + mean counts), the response before photon statistics (what the diversity
+        regularizers compare)."""
+        latent = self.config.latent_dim
+        mean = self.mean_counts(random[:, :latent], features)
+        counts = photon_counts(mean, random[:, latent:].reshape(mean.shape)) if self.config.photon_noise else mean
+        log_counts = torch.log1p(counts)[:, None]
+        return (log_counts, torch.log1p(mean)[:, None]) if with_mean else log_counts
 
 
 class Discriminator(nn.Module):
