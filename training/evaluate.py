@@ -29,6 +29,11 @@ def evaluate_particles(simulator: Simulator, features: np.ndarray, pdg: np.ndarr
                        real_centres: np.ndarray | None = None, bootstrap: int = BOOTSTRAP) -> dict:
     """features (P, 9), pdg (P,), real_channels (P, K, 5), real_centres (P, K, 2) cm or None ->
     report dict."""
+    return _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, real_centres, bootstrap)[0]
+
+
+def _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, real_centres, bootstrap):
+    """(report, generated channels (P, M, 5)): evaluate_particles, keeping what it simulated."""
     n_particles, k = real_channels.shape[:2]
     samples = max(samples, k // 2)
     generated, generated_centres = _channels_and_centres(
@@ -43,7 +48,7 @@ def evaluate_particles(simulator: Simulator, features: np.ndarray, pdg: np.ndarr
         report["ceiling"] = perfect
         report.update(calibration_ceiling=perfect["calibration"], ceiling_ratio_to_floor=perfect["ratio_to_floor"],
                       ceiling_spread_bias=perfect["spread_bias"])
-    return report
+    return report, generated
 
 
 def _channels_and_centres(counts: np.ndarray, n_particles: int, samples: int):
@@ -51,12 +56,16 @@ def _channels_and_centres(counts: np.ndarray, n_particles: int, samples: int):
     return channels.astype(np.float64), metrics.shower_centres(counts).reshape(n_particles, samples, 2)
 
 
+def _channel_ratios(ws: metrics.WsReport) -> list[float]:
+    return (np.array(ws.ws_channels) / np.maximum(ws.floor_channels, 1e-12)).tolist()
+
+
 def _scores(real_channels, generated_channels, pdg, real_centres=None, generated_centres=None, bootstrap=0) -> dict:
     ws = metrics.ws_against_floor(real_channels, generated_channels)
     sel = metrics.selectivity(real_channels.sum(-1), generated_channels.sum(-1), pdg)
     report = {"ws_mean": ws.ws_mean, "ws_channels": ws.ws_channels, "ws_floor": ws.ws_floor,
               "floor_channels": ws.floor_channels, "ratio_to_floor": ws.ratio_to_floor,
-              "ratio_channels": (np.array(ws.ws_channels) / np.maximum(ws.floor_channels, 1e-12)).tolist(),
+              "ratio_channels": _channel_ratios(ws),
               "calibration": sel.calibration, "spread_bias": sel.spread_bias,
               "selectivity_particles": sel.n_particles, "by_class": {}}
     if bootstrap:
@@ -67,8 +76,7 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
         if sel_cls.sum() >= 2:
             by = metrics.ws_against_floor(real_channels[sel_cls], generated_channels[sel_cls])
             report["by_class"][cls] = {"particles": int(sel_cls.sum()), "ratio_to_floor": by.ratio_to_floor,
-                                       "ratio_channels": (np.array(by.ws_channels)
-                                                          / np.maximum(by.floor_channels, 1e-12)).tolist()}
+                                       "ratio_channels": _channel_ratios(by)}
     # Electromagnetic showers that reach the fibres: mean total and centre per particle.
     real_totals, generated_totals = real_channels.sum(-1).mean(1), generated_channels.sum(-1).mean(1)
     em = (classes == reference.ELECTROMAGNETIC) & (real_totals >= metrics.MIN_MEAN_COUNTS)
@@ -102,13 +110,13 @@ def evaluate_file(simulator: Simulator, path, max_particles: int | None = None, 
                   bootstrap: int = BOOTSTRAP, plots=None) -> dict:
     """Evaluate on a file; `plots`: a folder for the figures a physicist looks at (see plots.py)."""
     feats, pdg, channels, centres = load_particles(path, max_particles, schema, with_centres=True)
-    report = evaluate_particles(simulator, feats, pdg, channels, samples, seed, ceiling, centres, bootstrap)
+    report, generated = _evaluate(simulator, feats, pdg, channels, samples, seed, ceiling, centres, bootstrap)
     report["data"] = str(path)
     if plots is not None:
         from .plots import write_evaluation_plots
 
-        report["plots"] = [str(p) for p in write_evaluation_plots(plots, simulator, feats, pdg, channels, seed,
-                                                                   real_images=_example_particles(path, schema))]
+        report["plots"] = [str(p) for p in write_evaluation_plots(plots, simulator, pdg, channels, generated, seed,
+                                                                   _example_particles(path, schema))]
     return report
 
 

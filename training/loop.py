@@ -38,6 +38,7 @@ from .losses import energy_score_loss
 
 BEST, LAST, LOG = "best.safetensors", "last.safetensors", "metrics.jsonl"
 VALIDATION_SEED = 12345  # latents of validation: the same every epoch so epochs compare fairly
+INSIDE_CM = 2.5  # showers centred this close to the face centre are not cut by its edge
 
 
 @dataclass
@@ -94,6 +95,7 @@ class _Run:
             held = training_data.split_by_particle(full.particle_id, config.val_fraction, config.seed)
             self.train_set, val = full.subset(~held), full.subset(held)
         self.validation = _validation_arrays(val, config.val_particles)
+        self.steps_per_epoch = len(self.train_set) // world // config.batch_size
         self.standardizer = Standardizer.fit(self.train_set.features)
         self.x_train = torch.from_numpy(self.standardizer.transform(self.train_set.features))
         ids, weights = regularizers.diversity_weights(self.train_set.particle_id, self.train_set.log_images,
@@ -144,7 +146,7 @@ class _Run:
     def fit(self) -> Path:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        n_batches = len(self.train_set) // self.world // config.batch_size
+        n_batches = self.steps_per_epoch
         if n_batches == 0:
             raise ConfigError(f"training set has {len(self.train_set)} entries, fewer than one batch of "
                               f"{config.batch_size} per process x {self.world} processes; expected more data")
@@ -235,7 +237,7 @@ class _Run:
     def _set_learning_rates(self) -> None:
         """Constant, then linear decay to 5 % over the last `lr_decay` share of all steps."""
         config = self.config
-        total = config.epochs * (len(self.train_set) // self.world // config.batch_size)
+        total = config.epochs * self.steps_per_epoch
         decay_from = (1 - config.lr_decay) * total
         factor = 1.0
         if config.lr_decay > 0 and self.state.step >= decay_from:
@@ -279,23 +281,26 @@ class _Run:
         if self.world > 1:
             self._check_replicas()
 
-    def validate(self) -> dict:
-        feats, pdg, channels = self.validation["features"], self.validation["pdg"], self.validation["channels"]
-        # A copy: the Simulator changes the memory layout of its generator, which would change the
-        # float rounding of the training steps that follow (and break exact resumption).
-        simulator = Simulator(copy.deepcopy(self.average), self.standardizer, device=self.device)
-        return evaluate_particles(simulator, feats, pdg, channels, self.config.val_samples, VALIDATION_SEED,
-                                  real_centres=self.validation["centres"], bootstrap=0)
+    def validate(self, generator: Generator | None = None) -> dict:
+        """The evaluation protocol on the validation particles, for the moving average (default)."""
+        if generator is None:
+            # A copy: the Simulator changes the memory layout of its generator, which would change
+            # the float rounding of the training steps that follow (and break exact resumption).
+            generator = copy.deepcopy(self.average)
+        v = self.validation
+        return evaluate_particles(Simulator(generator, self.standardizer, device=self.device), v["features"],
+                                  v["pdg"], v["channels"], self.config.val_samples, VALIDATION_SEED,
+                                  real_centres=v["centres"], bootstrap=0)
 
     def _fit_intensity(self, particles: int = 20000) -> None:
         """The published post-processing: one factor in [0.9, 1.1] on the counts of the best
         generator, chosen to minimise the channel WS on training particles (a 1 % scale error alone
         moves a perfect simulator from 1.2x to 1.6x the floor of 3,000 particles). Done once; the best checkpoint is
         rewritten with the factor and re-validated."""
-        tensors, meta = checkpoint.load(self.out / BEST)
+        simulator = Simulator.load(self.out / BEST, device=self.device)
+        meta = {k: v for k, v in simulator.metadata.items() if k not in ("checksum", "path")}
         if "intensity_factor" in meta:
             return
-        simulator = Simulator.load(self.out / BEST, device=self.device)
         _, (feats, channels) = metrics.group_repeats(self.train_set.particle_id, self.train_set.features,
                                                      self.train_set.channels)
         feats, channels = feats[:particles, 0], channels[:particles]
@@ -306,10 +311,7 @@ class _Run:
         factor = float(factors[int(np.argmin(ws))])
         generator = simulator.generator
         generator.intensity.mul_(factor)
-        simulator = Simulator(generator, self.standardizer, device=self.device)
-        feats_v, pdg_v, channels_v = self.validation["features"], self.validation["pdg"], self.validation["channels"]
-        report = evaluate_particles(simulator, feats_v, pdg_v, channels_v, self.config.val_samples, VALIDATION_SEED,
-                                    real_centres=self.validation["centres"], bootstrap=0)
+        report = self.validate(generator)
         checkpoint.save(self.out / BEST, checkpoint.prefixed("generator", generator.state_dict()),
                         {**meta, "intensity_factor": factor, "validation_before_intensity": meta.get("validation"),
                          "validation": report})
@@ -384,21 +386,20 @@ class _Run:
                               progress["history"])
 
 
-def _fit_impact(generator: Generator, features: torch.Tensor, data: training_data.Dataset,
-                inside_cm: float = 2.5) -> float:
+def _fit_impact(generator: Generator, features: torch.Tensor, data: training_data.Dataset) -> float:
     """Fit the generator's impact head to the centres of real showers well inside the face, where
     truncation does not pull them inwards: a first fit on showers whose centre is inside, a second
     on those the first fit puts inside. Returns the median residual in cm."""
     total, centres = torch.from_numpy(data.channels.sum(1)), torch.from_numpy(data.centres).double()
     shower = (total >= metrics.MIN_MEAN_COUNTS) & torch.isfinite(centres).all(1)
-    use = shower & (centres.abs() < inside_cm).all(1)
+    use = shower & (centres.abs() < INSIDE_CM).all(1)
     if use.sum() < 20:
         raise ConfigError(f"only {int(use.sum())} training responses are showers inside the face; expected at "
                           "least 20 to fit the impact head (or train with impact_frame off)")
     generator.fit_impact(features[use], centres[use])
     with torch.no_grad():
         predicted = generator.impact_point(features.float())
-    use = shower & (predicted.abs() < inside_cm).all(1)
+    use = shower & (predicted.abs() < INSIDE_CM).all(1)
     return generator.fit_impact(features[use], centres[use])
 
 
@@ -413,7 +414,7 @@ def _fit_total_heads(generator: Generator, features: torch.Tensor, data: trainin
     totals = torch.from_numpy(data.channels.sum(1)).float()
     with torch.no_grad():
         condition = generator.conditioner(features.float())
-        inside = (generator.impact_point(features.float()).abs() < 2.5).all(1) if generator.config.impact_frame \
+        inside = (generator.impact_point(features.float()).abs() < INSIDE_CM).all(1) if generator.config.impact_frame \
             else torch.ones(len(totals), dtype=torch.bool)
     log_totals = torch.log1p(totals)
     use = torch.nonzero(inside & (totals >= metrics.MIN_MEAN_COUNTS))[:, 0]

@@ -100,14 +100,13 @@ def _curve(out, history):
     return _save(fig, out / "learning_curve.png")
 
 
-def write_evaluation_plots(out, simulator: Simulator, feats, pdg, real, seed: int, samples: int = 10,
+def write_evaluation_plots(out, simulator: Simulator, pdg, real, generated, seed: int,
                            real_images=None) -> list[Path]:
     """What a physicist looks at after `zdc-sim evaluate --plots DIR`: channel histograms real vs
-    generated per shower class, relative spread real vs generated per particle, and mean responses
-    real vs generated of a few particles (when their real images are given)."""
+    generated (P, M, 5) per shower class, relative spread real vs generated per particle, and mean
+    responses real vs generated of a few particles (when their real images are given)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    generated = simulator.simulate(np.repeat(feats, samples, 0), seed=seed).channels.reshape(len(feats), samples, -1)
     paths = [_channels_by_class(out, real, generated, pdg), _spread(out, real, generated, pdg)]
     if real_images is not None:
         paths.append(_mean_responses(out, simulator, real_images, seed))

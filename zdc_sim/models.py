@@ -263,22 +263,24 @@ class Generator(nn.Module):
         return F.grid_sample(shape, grid.to(shape.dtype), mode="bilinear", padding_mode="zeros",
                              align_corners=True)[:, 0]
 
-    def counts(self, random: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Photon counts (N, 44, 44): the mean counts with photon statistics drawn from the noise
-        part of `random` (the mean itself without photon noise). What the Simulator returns."""
+    def _sample(self, random: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(counts, mean counts), each (N, 44, 44): photon statistics drawn from the noise part of
+        `random` (without photon noise the counts are the mean)."""
         latent = self.config.latent_dim
         mean = self.mean_counts(random[:, :latent], features)
         if not self.config.photon_noise:
-            return mean
-        return photon_counts(mean, random[:, latent:].reshape(mean.shape))
+            return mean, mean
+        return photon_counts(mean, random[:, latent:].reshape(mean.shape)), mean
+
+    def counts(self, random: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Photon counts (N, 44, 44): what the Simulator returns."""
+        return self._sample(random, features)[0]
 
     def forward(self, random: torch.Tensor, features: torch.Tensor, with_mean: bool = False):
         """log(1 + counts) (N, 1, 44, 44), what the discriminator sees; with_mean: also
         log(1 + mean counts), the response before photon statistics (what the diversity
         regularizers compare)."""
-        latent = self.config.latent_dim
-        mean = self.mean_counts(random[:, :latent], features)
-        counts = photon_counts(mean, random[:, latent:].reshape(mean.shape)) if self.config.photon_noise else mean
+        counts, mean = self._sample(random, features)
         log_counts = torch.log1p(counts)[:, None]
         return (log_counts, torch.log1p(mean)[:, None]) if with_mean else log_counts
 
