@@ -59,11 +59,13 @@ def test_generator_total_head_sets_the_scale(config):
 
 def test_checkpoints_of_the_first_design_load_with_its_structure():
     config = ModelConfig.from_dict({"latent_dim": 10, "width": 16, "hidden": 256, "disc_width": 16})
-    assert (config.impact_frame, config.latent_gate, config.upsample, config.photon_noise) == (
-        False, False, "transposed", False)
+    assert (config.impact_frame, config.latent_gate, config.upsample, config.photon_noise, config.halo) == (
+        False, False, "transposed", False, False)
     assert config.random_dim == 10 and SIZES["base"].random_dim == 10 + 44 * 44
     with pytest.raises(ValueError, match="upsample"):
         ModelConfig(upsample="bicubic")
+    with pytest.raises(ValueError, match="halo needs impact_frame"):
+        ModelConfig(impact_frame=False, halo=True)
 
 
 def test_conditioner_standardises_derived_quantities():
@@ -86,6 +88,10 @@ def test_flops_count_matches_layer_arithmetic():
     dense = (10 + 15) * 256 + 256 * 256 + 256 * 48 * 121
     convs = 484 * 48 * 24 * 9 + 1936 * 24 * 12 * 9 + 1936 * 12 * 9
     heads = 15 * 10 + total_head + (15 * 128 + 128 * 128 + 128) + (15 * 128 + 128)
+    assert generator_flops_per_sample(c) == 2 * (dense + convs + heads)
+    halo = (10 + 15) * 64 + 64 * 2
+    heads += halo
+    c = ModelConfig(width=12, halo=True)
     assert generator_flops_per_sample(c) == 2 * (dense + convs + heads)
     assert generator_flops_per_sample(SIZES["small"]) < generator_flops_per_sample(SIZES["base"])
 
@@ -136,9 +142,38 @@ def test_latent_gate_makes_a_response_deterministic_with_one_parameter():
 
 
 def test_nearest_upsampling_has_no_checkerboard():
-    gen, _, x, _ = _fitted(ModelConfig(width=8, hidden=64, impact_frame=False), n=256)
+    gen, _, x, _ = _fitted(ModelConfig(width=8, hidden=64, impact_frame=False, halo=False), n=256)
     with torch.no_grad():
         mean = gen.mean_counts(torch.randn(len(x), 10), x).numpy()
     sums = geometry.channel_sums(mean)
     share = sums[:, 4] / sums.sum(1)
     assert np.abs(share - 0.5).max() < 0.03
+
+
+def test_halo_reaches_fibres_beyond_the_canvas():
+    gen, _, x, raw = _fitted(ModelConfig(width=4, hidden=32, disc_width=4, halo=True), n=4000, seed=2)
+    x_cm, y_cm = reference.impact_point_cm(raw)
+    inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
+    gen.fit_impact(x[torch.from_numpy(inside)], torch.from_numpy(np.stack([x_cm, y_cm], 1)[inside]))
+    with torch.no_grad():
+        gen.halo[-1].bias.copy_(torch.tensor([30.0, np.log(0.8)]))  # all of the shower in a 0.8 cm halo
+        gen.total_mean[-1].weight.zero_()
+        gen.total[-1].weight.zero_()
+        gen.total[-1].bias.zero_()  # total = exp(bias of the mean head)
+        mean = gen.mean_counts(torch.randn(len(x), 10), x)
+        total = float(torch.exp(gen.total_mean[-1].bias))
+    centre = (np.abs(x_cm) < 0.5) & (np.abs(y_cm) < 0.5)
+    # Round Gaussian of 0.8 cm around the impact point: all on the face, centred, RMS radius 0.8 sqrt 2.
+    np.testing.assert_allclose(mean.sum((1, 2))[centre].numpy(), total, rtol=1e-3)
+    centres = metrics.shower_centres(mean[centre].numpy())
+    np.testing.assert_allclose(centres, gen.impact_point(x[torch.from_numpy(centre)]).detach().numpy(), atol=0.005)
+    offset = (np.arange(44) - 21.5) * geometry.PITCH_CM
+    r2 = (offset[None, None, :] - centres[:, :1, None]) ** 2 + (offset[::-1][None, :, None] - centres[:, 1:, None]) ** 2
+    rms = np.sqrt((mean[centre].numpy() * r2).sum((1, 2)) / mean[centre].numpy().sum((1, 2)))
+    np.testing.assert_allclose(rms, 0.8 * np.sqrt(2), rtol=0.02)
+    # Near a corner the halo lights fibres more than 3.5 cm away, which the 44 x 44 canvas cannot reach.
+    with torch.no_grad():
+        gen.halo[-1].bias.copy_(torch.tensor([30.0, np.log(2.0)]))
+        corner = gen._halo_on_face(torch.tensor([[3.0, 3.0]]), torch.tensor([2.0]))[0].numpy()
+    far = (offset[None, :] < -0.5) & (offset[::-1][:, None] < -0.5)
+    assert 0.0012 < corner[far].sum() < 0.0022  # Phi(-1.75)^2 = 0.0016 of a 2 cm halo at (3, 3) cm

@@ -4,12 +4,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from training import loop
 from training.config import ConfigError, TrainConfig
-from zdc_sim import checkpoint, cli
+from zdc_sim import checkpoint, cli, reference
 from zdc_sim.simulator import Simulator
 
 
@@ -225,3 +226,16 @@ def test_regularizer_config_is_validated(tiny_file, tmp_path):
     assert _config(tiny_file, tmp_path, sdi_space="embedding").regularizer_kwargs == {"space": "embedding"}
     with pytest.raises(ConfigError, match="'regularizer' is 'msgan'"):
         _config(tiny_file, tmp_path, regularizer="msgan")
+
+
+def test_model_options_choose_the_structure(tiny_file, tmp_path):
+    out = tmp_path / "halo"
+    loop.train(_config(tiny_file, out, epochs=1, model_options={"halo": True}), progress_bar=False)
+    simulator = Simulator.load(out / "best.safetensors")
+    assert simulator.generator.config.halo and simulator.metadata["training"]["model_options"] == {"halo": True}
+    x, _ = reference.sample_particles(3, np.random.default_rng(0))
+    assert np.isfinite(simulator.simulate(x, seed=1).counts).all()
+    with pytest.raises(ConfigError, match=r"'model_options' \{'halo': True, 'impact_frame': False\}: halo needs impact_frame"):
+        _config(tiny_file, tmp_path, model_options={"halo": True, "impact_frame": False})
+    with pytest.raises(ConfigError, match=r"'model_options' \{'colour': 1\}:.*colour"):
+        _config(tiny_file, tmp_path, model_options={"colour": 1})

@@ -10,7 +10,7 @@ from torch import nn
 
 from zdc_sim import regularizers
 from zdc_sim.errors import ZdcError
-from zdc_sim.models import SIZES
+from zdc_sim.models import SIZES, ModelConfig
 from zdc_sim.regularizers import NAMES as REGULARIZERS
 from zdc_sim.regularizers import WEIGHT_KINDS
 
@@ -25,6 +25,7 @@ class TrainConfig:
     out: str  # run folder: checkpoints, metrics.jsonl, plots
     val_data: str | None = None  # held-out ROOT file; default: val_fraction of the particles of `data`
     model: str = "base"  # a size of zdc_sim.models.SIZES
+    model_options: dict = field(default_factory=dict)  # ModelConfig fields over the size's, e.g. {"halo": true}
     epochs: int = 30
     batch_size: int = 128  # per process
     lr_g: float = 2e-4
@@ -81,10 +82,19 @@ class TrainConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"training config: '{name}' is {getattr(self, name)!r}; expected {expected}")
+        try:
+            self.model_config
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"training config: 'model_options' {self.model_options!r}: {exc}") from None
         try:  # the method's own options are checked by building it (a stand-in encoder for IID)
             regularizers.make(self.regularizer, encoder=nn.Identity(), **self.regularizer_kwargs)
         except ValueError as exc:
             raise ConfigError(f"training config: 'regularizer_options': {exc}") from None
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The size's network configuration with `model_options` on top."""
+        return ModelConfig(**{**SIZES[self.model].to_dict(), **self.model_options})
 
     @property
     def regularizer_kwargs(self) -> dict:

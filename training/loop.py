@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from zdc_sim import __version__, checkpoint, geometry, metrics, regularizers
 from zdc_sim.features import Standardizer
-from zdc_sim.models import SIZES, Discriminator, Encoder, Generator
+from zdc_sim.models import Discriminator, Encoder, Generator
 from zdc_sim.simulator import Simulator, pick_device
 
 from . import data as training_data
@@ -102,7 +102,7 @@ class _Run:
                                                       config.sdi_weight)
         self.weights = torch.from_numpy(weights[np.searchsorted(ids, self.train_set.particle_id)]).float()
 
-        model_config = SIZES[config.model]
+        model_config = config.model_config
         self.generator, self.discriminator = Generator(model_config), Discriminator(model_config)
         self.generator.conditioner.fit(self.standardizer, self.train_set.features)
         self.discriminator.conditioner.load_state_dict(self.generator.conditioner.state_dict())

@@ -40,7 +40,11 @@ class ModelConfig:
     upsample      'nearest' (x2 nearest neighbour + 3x3 convolution: no checkerboard, which channel 5
                   would read) or 'transposed' (stride-2 transposed convolutions, the first design);
     photon_noise  the network outputs mean photon counts and photon statistics are drawn from them
-                  (see `photon_counts`), so the latent no longer has to fake pixel noise.
+                  (see `photon_counts`), so the latent no longer has to fake pixel noise;
+    halo          (with impact_frame) a share of the shower is a wide round Gaussian drawn on the face
+                  itself around the impact point, its share and width from (latent, condition): the
+                  44 x 44 canvas reaches only 3.5 cm from the impact point, so without it the far
+                  fibres of a shower near a corner stay dark (the real hadronic halo is 0.9-1.5 cm).
     """
 
     latent_dim: int = 10
@@ -51,8 +55,11 @@ class ModelConfig:
     latent_gate: bool = True
     upsample: str = "nearest"
     photon_noise: bool = True
+    halo: bool = False
 
     def __post_init__(self):
+        if self.halo and not self.impact_frame:
+            raise ValueError("halo needs impact_frame (the halo is centred on the impact point)")
         if self.upsample not in ("nearest", "transposed"):
             raise ValueError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
 
@@ -75,7 +82,7 @@ class ModelConfig:
         return self.latent_dim + self.noise_dim
 
 
-LEGACY = {"impact_frame": False, "latent_gate": False, "upsample": "transposed", "photon_noise": False}
+LEGACY = {"impact_frame": False, "latent_gate": False, "upsample": "transposed", "photon_noise": False, "halo": False}
 
 SIZES = {
     "tiny": ModelConfig(width=4, hidden=32, disc_width=4),  # tests
@@ -199,6 +206,14 @@ class Generator(nn.Module):
             r2 = offset[:, None] ** 2 + offset[None, :] ** 2
             self.register_buffer("prior", (-r2 / (2 * PRIOR_CM**2)).reshape(1, -1))
             self.register_buffer("pixel_index", torch.arange(GRID, dtype=torch.float32))
+        if config.halo:
+            self.halo = mlp([inputs, h // 4, 2])  # logit of the halo's share, log of its width (cm)
+            nn.init.zeros_(self.halo[-1].weight)
+            with torch.no_grad():  # start as a small (5 %) halo of 1.2 cm
+                self.halo[-1].bias.copy_(torch.tensor([-3.0, float(np.log(1.2))]))
+            centres = (torch.arange(GRID, dtype=torch.float32) - (GRID - 1) / 2) * PITCH_CM
+            self.register_buffer("pixel_x", centres)  # columns, left to right
+            self.register_buffer("pixel_y", centres.flip(0))  # rows, top (high y) to bottom
         self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
 
     @torch.no_grad()
@@ -249,7 +264,27 @@ class Generator(nn.Module):
         if not config.impact_frame:
             return torch.exp(log_total + torch.log_softmax(logits, dim=1)).view(-1, GRID, GRID)
         shape = torch.softmax(logits + self.prior, dim=1).view(-1, 1, GRID, GRID)
-        return torch.exp(log_total)[:, :, None] * self._to_face(shape, self.impact_point(features))
+        impact = self.impact_point(features)
+        on_face = self._to_face(shape, impact)
+        if config.halo:
+            share, width = self._halo_parameters(inputs)
+            on_face = (1 - share)[:, :, None] * on_face + share[:, :, None] * self._halo_on_face(impact, width)
+        return torch.exp(log_total)[:, :, None] * on_face
+
+    def _halo_parameters(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(share (N, 1) in (0, 1), width (N,) in cm, bounded to 0.3-5 cm)."""
+        params = self.halo(inputs)
+        return torch.sigmoid(params[:, :1]), torch.exp(params[:, 1]).clamp(0.3, 5.0)
+
+    def _halo_on_face(self, impact: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+        """A round Gaussian of unit mass around the impact point, as fibre fractions (N, 44, 44):
+        density at the fibre centres x fibre area (exact to well under 1 % for widths >= 0.3 cm);
+        what falls outside the face is lost, as in the detector."""
+        inv = 1.0 / (2 * width[:, None] ** 2)
+        gx = torch.exp(-((self.pixel_x[None, :] - impact[:, :1]) ** 2) * inv)  # (N, 44) columns
+        gy = torch.exp(-((self.pixel_y[None, :] - impact[:, 1:]) ** 2) * inv)  # (N, 44) rows
+        norm = PITCH_CM**2 / (2 * np.pi * width**2)
+        return norm[:, None, None] * gy[:, :, None] * gx[:, None, :]
 
     def _to_face(self, shape: torch.Tensor, impact: torch.Tensor) -> torch.Tensor:
         """Translate shapes drawn centred on a 44 x 44 canvas so that their centre lands on the
