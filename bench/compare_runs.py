@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from training.evaluate import evaluate_particles, load_particles
+from zdc_sim import atomic
 from zdc_sim.simulator import Simulator
 
 
@@ -27,7 +28,7 @@ def main():
         report = evaluate_particles(sim, feats, pdg, channels, seed=args.seed, ceiling=ceiling is None)
         ceiling = report.get("calibration_ceiling", ceiling)
         t = sim.metadata["training"]
-        report.update(run=str(run), regularizer=t["regularizer"], sdi_weight=t["sdi_weight"], lam=t["lam"],
+        report.update(run=str(run), regularizer=t["regularizer"], sdi_weighting=t.get("sdi_weighting", t.get("sdi_weight")), lam=t["lam"],
                       epoch=sim.metadata.get("epoch"), epochs=t["epochs"])
         reports[str(run)] = report
     print(f"{len(feats)} held-out particles x {channels.shape[1]} repeats ({args.data}); "
@@ -36,12 +37,12 @@ def main():
           "| bias hadronic | bias EM |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in reports.values():
-        name = r["regularizer"] + (f" ({r['sdi_weight']}, lambda {r['lam']})" if r["regularizer"] != "none" else "")
+        name = r["regularizer"] + (f" ({r['sdi_weighting']}, lambda {r['lam']})" if r["regularizer"] != "none" else "")
         print(f"| {r['run']} | {name} | {r['epoch']}/{r['epochs']} | {r['ws_mean']:.0f} | {r['ws_floor']:.0f} "
               f"| {r['ratio_to_floor']:.2f} | {r['calibration']:.3f} ({100 * r['calibration'] / ceiling:.0f} %) "
               f"| {r['spread_bias']['hadronic']:+.2f} | {r['spread_bias']['electromagnetic']:+.2f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(reports, indent=1))
+        atomic.write_text(args.json, json.dumps(reports, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import uproot
 
-from zdc_sim import export, features, io, reference
+from harness import rate_for
+
+from zdc_sim import export, features, geometry, reference, rootio
 from zdc_sim.simulator import Simulator
 
 CHUNK = export.DEFAULT_CHUNK
@@ -36,7 +38,7 @@ def particles_file(path: Path, n: int) -> Path:
     if not path.exists():
         types = {name: np.dtype(np.float32) for name in features.NAMES}
         rng = np.random.default_rng(n)
-        with io.RootWriter(path, types) as writer:
+        with rootio.RootWriter(path, types) as writer:
             for start in range(0, n, 100_000):
                 feats, _ = reference.sample_particles(min(100_000, n - start), rng)
                 writer.write({name: feats[:, i] for i, name in enumerate(features.NAMES)})
@@ -48,15 +50,13 @@ def in_process(device: str, seconds: float = 10.0) -> tuple[float, dict[str, np.
     sim = Simulator.load(device=device)
     feats, _ = reference.sample_particles(CHUNK, np.random.default_rng(0))
     raw = features.validate(feats)
-    sim.simulate(raw[:256], seed=0)
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        out = sim.simulate_latents(raw, sim.latents(len(raw), 1, n))
-        n += len(raw)
-    rate = n / (time.perf_counter() - started)
+    rate = rate_for(lambda call: len(sim.simulate_latents(raw, sim.latents(len(raw), 1, call * len(raw))).counts),
+                    seconds)
+    out = sim.simulate_latents(raw, sim.latents(len(raw), 1))
     chunk = {name: raw[:, i] for i, name in enumerate(features.NAMES)}
     chunk["response"] = out.counts
-    chunk.update({name: out.channels[:, i] for i, name in enumerate(export.CHANNEL_BRANCHES)})
+    chunk.update({name: out.channels[:, i] for i, name in enumerate(geometry.CHANNEL_NAMES)})
+    chunk[export.OUT_OF_DOMAIN] = sim.outside_domain(raw)
     return rate, chunk
 
 
@@ -65,7 +65,7 @@ def plain_uproot(folder: Path, chunk: dict[str, np.ndarray], compression: str, r
     and the file's size as a fraction of the uncompressed bytes."""
     path = folder / "plain.root"
     started = time.perf_counter()
-    with uproot.recreate(path, compression=io.parse_compression(compression)) as f:
+    with uproot.recreate(path, compression=rootio.parse_compression(compression)) as f:
         tree = f.mktree("zdc", {k: (v.dtype, v.shape[1:]) if v.ndim > 1 else v.dtype for k, v in chunk.items()})
         for _ in range(repeats):
             tree.extend(chunk)
@@ -80,7 +80,7 @@ def main():
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--out", default="bench/out/export")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compression", default=export.DEFAULT_COMPRESSION, help="as for zdc-sim export")
+    parser.add_argument("--compression", default=export.EXPORT_COMPRESSION, help="as for zdc-sim export")
     args = parser.parse_args()
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)

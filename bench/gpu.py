@@ -11,13 +11,14 @@ Runs on CPU too (--device cpu --sizes 256 --no-serve) as a check of the code pat
 import argparse
 import asyncio
 import importlib.util
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zdc_sim import features, reference
+from harness import rate_for
+
+from zdc_sim import atomic, features, reference
 from zdc_sim.models import generator_flops_per_sample
 from zdc_sim.simulator import Simulator
 
@@ -40,12 +41,7 @@ def end_to_end(sim: Simulator, batch: int, seconds: float) -> float:
     feats, _ = reference.sample_particles(batch, np.random.default_rng(0))
     raw = features.validate(feats)
     z = sim.latents(batch, 1)
-    sim.simulate_latents(raw, z)
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or n == 0:
-        sim.simulate_latents(raw, z)
-        n += batch
-    return n / (time.perf_counter() - started)
+    return rate_for(lambda call: len(sim.simulate_latents(raw, z).counts), seconds)
 
 
 @torch.inference_mode()
@@ -54,16 +50,8 @@ def generator_only(sim: Simulator, batch: int, seconds: float) -> float:
     feats, _ = reference.sample_particles(batch, np.random.default_rng(0))
     x = torch.from_numpy(sim.standardizer.transform(features.validate(feats))).to(device)
     z = torch.randn(batch, sim.random_dim, device=device)
-    forward = sim._forward
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=sim.bf16):
-        forward(z, x)
-        _sync(device)
-        n, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds or n == 0:
-            forward(z, x)
-            n += batch
-        _sync(device)
-    return n / (time.perf_counter() - started)
+        return rate_for(lambda call: len(sim._forward(z, x)), seconds)
 
 
 def main():
@@ -105,9 +93,10 @@ def main():
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     if args.serve:
-        proc, url = bench_service.start_server(True, args.device, extra=["--bf16"] if device.type == "cuda" else [],
-                                 max_batch=max(sizes))
-        try:
+        served = bench_service.server(True, args.device, extra=["--bf16"] if device.type == "cuda" else [],
+                                      max_batch=max(sizes))
+        with served.running(timeout_s=300) as srv:
+            url = srv.url
             lines += ["", "| served (binary, loopback) | clients | particles/request | particles/s | p50 ms | p99 ms |",
                       "|---|---|---|---|---|---|"]
             for clients, particles in ((8, 1024), (64, 1024), (8, 8192)):
@@ -116,12 +105,10 @@ def main():
                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
                 lines.append(line)
                 print(line, flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(60)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write("\n".join(lines) + "\n\n")
+    if args.results:  # appended as a whole: the old results, then this run's, renamed into place
+        results = Path(args.results)
+        previous = results.read_text() if results.exists() else ""
+        atomic.write_text(results, previous + "\n".join(lines) + "\n\n")
 
 
 if __name__ == "__main__":

@@ -5,21 +5,12 @@
 
 import argparse
 import os
-import statistics
-import time
 
 import numpy as np
 
+from harness import median_rate
+
 from zdc_sim import reference
-
-
-def median_rate(fn, n, repeats):
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
 
 
 def main():

@@ -15,13 +15,11 @@ import asyncio
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 
-import httpx
 import numpy as np
+
+from harness import Server, rate_for
 
 from zdc_sim import reference
 from zdc_sim.simulator import Simulator
@@ -30,35 +28,12 @@ from zdc_sim.simulator import Simulator
 def in_process(device: str, batch: int, seconds: float) -> float:
     sim = Simulator.load(device=device)
     feats, _ = reference.sample_particles(batch, np.random.default_rng(0))
-    sim.simulate(feats, seed=0)
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        sim.simulate(feats, seed=n)
-        n += batch
-    return n / (time.perf_counter() - started)
+    return rate_for(lambda call: len(sim.simulate(feats, seed=call).counts), seconds)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(batching: bool, device: str, extra=(), max_batch: int = 1024) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "zdc_sim", "serve", "--port", str(port), "--device", device, "--log-level", "warning",
-           "--max-batch-size", str(max_batch), *extra]
-    proc = subprocess.Popen(cmd + ([] if batching else ["--no-batching"]))
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health/ready").status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+def server(batching: bool, device: str, extra=(), max_batch: int = 1024) -> Server:
+    return Server("--device", device, "--max-batch-size", str(max_batch), *extra,
+                  *([] if batching else ["--no-batching"]))
 
 
 def request_kwargs(particles: int, binary: bool) -> dict:
@@ -120,8 +95,8 @@ def main():
     print("in-process Simulator: " + ", ".join(f"{rate:,.0f} particles/s at batch {b}" for b, rate in ceiling.items()))
     rows = []
     for batching in (True, False):
-        proc, url = start_server(batching, args.device)
-        try:
+        with server(batching, args.device).running(timeout_s=120) as srv:
+            url = srv.url
             for particles in (1, 1024):
                 for binary in (True, False):
                     for clients in map(int, args.clients.split(",")):
@@ -136,9 +111,6 @@ def main():
                               f"p50 {r['p50_ms']:8.1f} ms | p99 {r['p99_ms']:8.1f} ms | "
                               f"{r['particles_s'] / ceiling[1024]:5.0%} of in-process batch 1024 | errors {r['errors']}",
                               flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(60)
 
     def pick(batching, particles, binary, clients):
         return next(r for r in rows if (r["batching"], r["particles"], r["binary"], r["clients"]) ==

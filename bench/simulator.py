@@ -7,29 +7,15 @@ several timed runs after a warm-up.
 
 import argparse
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
 
+from harness import median_rate
+
 from zdc_sim import reference
 from zdc_sim.models import generator_flops_per_sample
 from zdc_sim.simulator import Simulator
-
-
-def median_rate(fn, n, repeats):
-    fn()  # warm-up: allocations, kernel selection
-    rates = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
 
 
 def main():
@@ -53,8 +39,8 @@ def main():
     for batch in (1, 64, 1024, 8192):
         feats, pdg = reference.sample_particles(batch, rng)
         calls = max(1, 256 // batch)  # time several calls at small batches: single calls are too short
-        ref = median_rate(lambda: [reference.simulate(feats, pdg, rng) for _ in range(calls)], batch * calls, args.repeats)
-        rates = [median_rate(lambda s=s: [s.simulate(feats, seed=0) for _ in range(calls)], batch * calls, args.repeats)
+        ref = median_rate(lambda: [reference.simulate(feats, pdg, rng) for _ in range(calls)], batch * calls, args.repeats, warmup=True)
+        rates = [median_rate(lambda s=s: [s.simulate(feats, seed=0) for _ in range(calls)], batch * calls, args.repeats, warmup=True)
                  for s in sims.values()]
         print(f"{batch:>6} {ref:>14,.0f} " + " ".join(f"{r:>14,.0f}" for r in rates))
 

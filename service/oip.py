@@ -1,6 +1,7 @@
 """Open Inference Protocol v2 (KServe / Triton HTTP), JSON and the binary tensor extension, so that
 `tritonclient[http]` works unchanged: model `zdc-zn`, input FEATURES FP32 [-1, 9], optional SEED
-INT64 [1]; outputs RESPONSES FP32 [-1, 44, 44] and CHANNELS FP32 [-1, 5]."""
+INT64 [1]; outputs RESPONSES FP32 [-1, 44, 44] and CHANNELS FP32 [-1, 5]. Request parameter
+`extrapolate: true` simulates particles outside the model's trained feature ranges (else 422)."""
 
 from __future__ import annotations
 
@@ -12,38 +13,23 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from zdc_sim import __version__, features
+from zdc_sim.geometry import N_CHANNELS, SHAPE
 
-from .app import MAX_SEED, ServiceError, ServiceState, read_body, validation_message
+from .encoding import read_body
+from .errors import ServiceError, validation_message
+from .schemas import InferOutput, InferRequest, check_seed, inline_schema
+from .state import ServiceState
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8"), "UINT64": np.dtype("<u8"),
           "INT32": np.dtype("<i4")}
-INPUTS = [{"name": "FEATURES", "datatype": "FP32", "shape": [-1, 9]}, {"name": "SEED", "datatype": "INT64", "shape": [1]}]
-OUTPUTS = [{"name": "RESPONSES", "datatype": "FP32", "shape": [-1, 44, 44]},
-           {"name": "CHANNELS", "datatype": "FP32", "shape": [-1, 5]}]
-
-
-class InferInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list | None = None
-
-
-class InferOutput(BaseModel):
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferRequest(BaseModel):
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[InferInput]
-    outputs: list[InferOutput] | None = None
+INPUTS = [{"name": "FEATURES", "datatype": "FP32", "shape": [-1, features.N_FEATURES]},
+          {"name": "SEED", "datatype": "INT64", "shape": [1]}]
+OUTPUTS = [{"name": "RESPONSES", "datatype": "FP32", "shape": [-1, *SHAPE]},
+           {"name": "CHANNELS", "datatype": "FP32", "shape": [-1, N_CHANNELS]}]
 
 
 def _decompress(body: bytes, encoding: str | None) -> bytes:
@@ -101,23 +87,6 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, d
     return request, tensors
 
 
-def inline_schema(model: type[BaseModel]) -> dict:
-    """The model's JSON schema with its $defs inlined, for the OpenAPI document."""
-    schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
-
-    def resolve(node):
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(defs[node["$ref"].split("/")[-1]])
-            return {k: resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    return resolve(schema)
-
-
 def router(state: ServiceState) -> APIRouter:
     api = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
     settings = state.settings
@@ -138,7 +107,7 @@ def router(state: ServiceState) -> APIRouter:
 
     @api.get("/health/ready")
     async def ready():
-        return Response(status_code=200 if state.ready else 503)
+        return Response(status_code=state.ready_status)
 
     def metadata(model: str, version: str | None = None):
         check_model(model, version)
@@ -147,7 +116,7 @@ def router(state: ServiceState) -> APIRouter:
 
     def model_ready(model: str, version: str | None = None):
         check_model(model, version)
-        return Response(status_code=200 if state.ready else 503)
+        return Response(status_code=state.ready_status)
 
     def config(model: str, version: str | None = None):
         check_model(model, version)
@@ -172,11 +141,14 @@ def router(state: ServiceState) -> APIRouter:
         seed = None
         if "SEED" in tensors:
             s = tensors["SEED"]
-            if s.size != 1 or s.dtype.kind not in "iu" or not 0 <= int(s.ravel()[0]) <= MAX_SEED:
+            if s.size != 1 or s.dtype.kind not in "iu":
                 raise ServiceError(422, f"input 'SEED': {s.tolist()} ({s.dtype}); expected one INT64 value >= 0")
-            seed = int(s.ravel()[0])
+            seed = check_seed(int(s.ravel()[0]), "input 'SEED'")
+        extrapolate = (infer_request.parameters or {}).get("extrapolate", False)
+        if not isinstance(extrapolate, bool):
+            raise ServiceError(422, f"parameter 'extrapolate': {extrapolate!r}; expected true or false")
         raw = features.validate(feats, source="input 'FEATURES'")
-        sim = await state.simulate(raw, seed)
+        sim = await state.simulate(raw, seed, extrapolate, "input 'FEATURES'")
 
         produced = {"RESPONSES": sim.counts, "CHANNELS": sim.channels}
         wanted = infer_request.outputs or [InferOutput(name=n) for n in produced]

@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from zdc_sim import checkpoint, io, reference
-from zdc_sim.features import Standardizer
+from zdc_sim import checkpoint, rootio, reference
+from zdc_sim.features import Domain, Standardizer
 from zdc_sim.models import SIZES, Generator
 
 
 def make_parts(n_particles=40, repeats=4, seed=3):
     """A tiny reference dataset as one {features, pdg, particle_id, response} chunk."""
     chunks = [c.parts() for c in reference.generate(n_particles, repeats, seed)]
-    return {part: np.concatenate([c[part] for c in chunks]) for part in io.PARTS}
+    return {part: np.concatenate([c[part] for c in chunks]) for part in rootio.PARTS}
 
 
 @pytest.fixture(scope="session")
@@ -21,13 +21,14 @@ def tiny_parts():
 @pytest.fixture(scope="session")
 def tiny_file(tmp_path_factory, tiny_parts):
     path = tmp_path_factory.mktemp("data") / "tiny.root"
-    io.write_dataset(path, [tiny_parts], provenance={"seed": 3})
+    rootio.write_dataset(path, [tiny_parts], provenance={"seed": 3})
     return path
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """An untrained tiny generator saved as a checkpoint: enough for service and export tests."""
+    """An untrained tiny generator saved as a checkpoint: enough for service and export tests. Its
+    feature ranges are those of 20,000 reference particles, as training would record them."""
     torch.manual_seed(0)
     feats, _ = reference.sample_particles(256, np.random.default_rng(0))
     generator = Generator(SIZES["tiny"])
@@ -36,5 +37,6 @@ def tiny_checkpoint(tmp_path_factory):
     generator.set_total_scale(8.0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     checkpoint.save(path, checkpoint.prefixed("generator", generator.state_dict()),
-                    {"model": SIZES["tiny"].to_dict(), "standardizer": standardizer.to_dict()})
+                    {"model": SIZES["tiny"].to_dict(), "standardizer": standardizer.to_dict(),
+                     "feature_ranges": Domain.fit(reference.sample_particles(20_000, np.random.default_rng(1))[0]).to_dict()})
     return path

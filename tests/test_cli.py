@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from zdc_sim import cli, io
+from zdc_sim import cli, rootio
 
 
 def test_generate_is_deterministic_and_inspect_reports(tmp_path, capsys):
@@ -11,10 +11,10 @@ def test_generate_is_deterministic_and_inspect_reports(tmp_path, capsys):
         assert cli.main(["data", "generate", "--particles", "300", "--repeats", "3", "--seed", "11",
                          "--out", str(out), "--quiet"]) == 0
     assert "wrote 900 entries" in capsys.readouterr().out
-    ra = np.concatenate([c[io.RESPONSE] for c in io.iterate(a)])
-    rb = np.concatenate([c[io.RESPONSE] for c in io.iterate(b)])
+    ra = np.concatenate([c[rootio.RESPONSE] for c in rootio.iterate(a)])
+    rb = np.concatenate([c[rootio.RESPONSE] for c in rootio.iterate(b)])
     np.testing.assert_array_equal(ra, rb)
-    assert io.read_provenance(a)["seed"] == 11
+    assert rootio.read_provenance(a)["seed"] == 11
 
     assert cli.main(["data", "inspect", str(a), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -35,7 +35,7 @@ def test_convert_renames_branches(tmp_path, tiny_file, capsys):
     mapping.write_text(json.dumps({"tree": "zdc"}))
     out = tmp_path / "copy.root"
     assert cli.main(["data", "convert", str(tiny_file), "--branch-map", str(mapping), "--out", str(out)]) == 0
-    np.testing.assert_array_equal(next(io.iterate(out))[io.RESPONSE], next(io.iterate(tiny_file))[io.RESPONSE])
+    np.testing.assert_array_equal(next(rootio.iterate(out))[rootio.RESPONSE], next(rootio.iterate(tiny_file))[rootio.RESPONSE])
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import uproot
 
-from zdc_sim import export, features, geometry, io, reference
+from zdc_sim import export, features, geometry, rootio, reference
 from zdc_sim.errors import RootFileError, ZdcError
 from zdc_sim.simulator import Simulator
 
@@ -14,7 +14,7 @@ from zdc_sim.simulator import Simulator
 def write_particles(path, n=50, seed=5, tree="zdc"):
     feats, _ = reference.sample_particles(n, np.random.default_rng(seed))
     types = {name: np.dtype(np.float32) for name in features.NAMES}
-    with io.RootWriter(path, types, tree=tree) as w:
+    with rootio.RootWriter(path, types, tree=tree) as w:
         w.write({name: feats[:, i] for i, name in enumerate(features.NAMES)})
     return features.validate(feats)
 
@@ -34,14 +34,14 @@ def test_round_trip_branch_by_branch(tmp_path, sim):
     result = export.export_file(tmp_path / "in.root", tmp_path / "out.root", sim, seed=3, chunk_size=16, progress=False)
     assert result.entries == 50
     out = _arrays(tmp_path / "out.root")
-    assert sorted(out) == sorted(list(features.NAMES) + ["response"] + [f"channel_{i}" for i in range(1, 6)])
+    assert sorted(out) == sorted(list(features.NAMES) + ["response", "out_of_domain"] + [f"channel_{i}" for i in range(1, 6)])
     for i, name in enumerate(features.NAMES):
         np.testing.assert_array_equal(out[name], feats[:, i])
     assert out["response"].shape == (50, 44, 44) and out["response"].dtype == np.float32
     np.testing.assert_allclose(out["response"], sim.simulate(feats, seed=3).counts, rtol=1e-5)
     channels = np.stack([out[f"channel_{i}"] for i in range(1, 6)], 1)
     np.testing.assert_allclose(channels, geometry.channel_sums(out["response"]), rtol=1e-5)
-    prov = io.read_provenance(tmp_path / "out.root")
+    prov = rootio.read_provenance(tmp_path / "out.root")
     assert prov["seed"] == 3 and prov["model_version"] == sim.model_version and prov["entries"] == 50
     assert prov["model_checksum"].startswith("sha256:") and prov["input_checksum"].startswith("sha256:")
     assert not list(tmp_path.glob(".*"))  # no partial file or manifest left
@@ -97,7 +97,7 @@ def test_compression_is_chosen_and_does_not_change_values(tmp_path, sim):
     with pytest.raises(ZdcError, match="compression 'gzip:1' is not understood; expected 'none' or .*zstd"):
         export.export_file(tmp_path / "in.root", tmp_path / "bad.root", sim, compression="gzip:1", progress=False)
     with pytest.raises(ZdcError, match="LEVEL 1-9"):
-        io.parse_compression("zlib:0")
+        rootio.parse_compression("zlib:0")
     assert not (tmp_path / "bad.root").exists() and not list(tmp_path.glob(".*"))
 
 
@@ -116,7 +116,7 @@ def test_bad_input_leaves_no_output(tmp_path, sim, make_bad, words):
 
 
 def test_missing_branch_is_named(tmp_path, sim):
-    with io.RootWriter(tmp_path / "in.root", {"energy": np.float32}) as w:
+    with rootio.RootWriter(tmp_path / "in.root", {"energy": np.float32}) as w:
         w.write({"energy": np.ones(3, np.float32)})
     with pytest.raises(RootFileError, match="missing branch.*'vx'"):
         export.export_file(tmp_path / "in.root", tmp_path / "out.root", sim, progress=False)
@@ -147,3 +147,17 @@ def test_cli_several_inputs_on_dask_one_bad(tmp_path, tiny_checkpoint):
     run = subprocess.run([sys.executable, "-m", "zdc_sim", "export", str(tmp_path / "a.root"), str(tmp_path / "events.root"),
                           "--out", str(out), "--compression", "fast"], capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "compression 'fast' is not understood" in run.stderr
+
+
+def test_particles_outside_the_trained_ranges_are_flagged_not_fatal(tmp_path, sim):
+    feats, _ = reference.sample_particles(30, np.random.default_rng(9))
+    feats[[4, 17], features.INDEX["energy"]] = 1e30  # two impossible particles among 30
+    types = {name: np.dtype(np.float32) for name in features.NAMES}
+    with rootio.RootWriter(tmp_path / "in.root", types) as w:
+        w.write({name: feats[:, i] for i, name in enumerate(features.NAMES)})
+    result = export.export_file(tmp_path / "in.root", tmp_path / "out.root", sim, seed=1, chunk_size=8, progress=False)
+    assert result.entries == 30 and result.out_of_domain == 2
+    out = _arrays(tmp_path / "out.root")
+    assert np.flatnonzero(out["out_of_domain"]).tolist() == [4, 17]
+    assert rootio.read_provenance(tmp_path / "out.root")["out_of_domain"] == 2
+    assert "2 outside the trained feature ranges" in export.format_summary([{**result.__dict__, "ok": True, "error": None}])

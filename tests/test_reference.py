@@ -1,11 +1,11 @@
 import numpy as np
 
 from zdc_sim import features as F
-from zdc_sim import io, metrics, reference
+from zdc_sim import rootio, metrics, reference, species
 
 
 def particle(pdg, energy, px=0.0, py=0.0, vz=0.0):
-    name, mass, charge, _ = reference.SPECIES[pdg]
+    name, mass, charge, _ = species.SPECIES[pdg]
     pz = np.sqrt(energy**2 - (mass / 1000) ** 2 - px**2 - py**2)
     return np.array([energy, 0.0, 0.0, vz, px, py, pz, mass, charge], np.float32)
 
@@ -27,8 +27,8 @@ def test_repeats_share_particle_and_features_but_not_response():
     np.testing.assert_array_equal(chunk.features[0], chunk.features[2])
     assert chunk.response.dtype == np.float32 and chunk.response.shape == (30, 44, 44)
     assert (chunk.response >= 0).all() and np.array_equal(chunk.response, np.round(chunk.response))
-    parts = chunk.parts()  # what io.write_dataset takes
-    assert tuple(parts) == io.PARTS and parts[io.PDG] is chunk.pdg and parts[io.RESPONSE] is chunk.response
+    parts = chunk.parts()  # what rootio.write_dataset takes
+    assert tuple(parts) == rootio.PARTS and parts[rootio.PDG] is chunk.pdg and parts[rootio.RESPONSE] is chunk.response
 
 
 def test_sampled_particles_are_valid_and_mixed():

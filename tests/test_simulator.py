@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from zdc_sim import checkpoint, features, geometry, reference
-from zdc_sim.errors import FeatureError, ZdcError
+from zdc_sim.errors import DomainError, FeatureError, ZdcError
 from zdc_sim.models import SIZES, Generator
 from zdc_sim.simulator import Simulator, default_model_path
 
@@ -104,3 +104,21 @@ def test_bf16_needs_cuda():
         pytest.skip("a CUDA device is present")
     with pytest.raises(ZdcError, match="bf16 inference needs a CUDA device"):
         Simulator.load(bf16=True)
+
+
+def test_particles_outside_the_trained_ranges_are_named_unless_extrapolation_is_asked(tiny_checkpoint):
+    sim = Simulator.load(tiny_checkpoint, device="cpu")
+    feats, _ = reference.sample_particles(5, np.random.default_rng(3))
+    sim.simulate(feats, seed=1)  # inside
+    feats[3, features.INDEX["charge"]] = 2.0  # a charge the model never saw (trained on -1..1)
+    with pytest.raises(DomainError, match=r"row 3, feature 'charge' is 2 e, outside the range the model was trained on "
+                                          r"\(-1 to 1 e, 10% tolerance; 1 of 5 rows outside\).*extrapolate=True"):
+        sim.simulate(feats, seed=1)
+    assert sim.outside_domain(feats).tolist() == [False, False, False, True, False]
+    assert np.isfinite(sim.simulate(feats, seed=1, extrapolate=True).channels).all()
+    feats[3, features.INDEX["charge"]] = 1.0
+    low, high = sim.domain.low[0], sim.domain.high[0]
+    feats[3, 0] = feats[3, 6] = high + 0.09 * (high - low)  # energy within the 10 % tolerance
+    sim.simulate(feats, seed=1)
+    feats[3, 0] = feats[3, 6] = high + 0.11 * (high - low)
+    assert sim.outside_domain(feats)[3]

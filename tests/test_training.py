@@ -10,7 +10,7 @@ import torch
 
 from training import loop
 from training.config import ConfigError, TrainConfig
-from zdc_sim import checkpoint, cli, reference
+from zdc_sim import checkpoint, cli, rootio
 from zdc_sim.simulator import Simulator
 
 
@@ -47,9 +47,7 @@ def test_training_writes_checkpoints_log_and_plots(tiny_file, tmp_path):
 
 
 def sim_features(path):
-    from zdc_sim import io
-
-    return next(io.iterate(path))["features"][:8]
+    return next(rootio.iterate(path))["features"][:8]
 
 
 def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, tmp_path):
@@ -233,8 +231,11 @@ def test_model_options_choose_the_structure(tiny_file, tmp_path):
     loop.train(_config(tiny_file, out, epochs=1, model_options={"halo": True}), progress_bar=False)
     simulator = Simulator.load(out / "best.safetensors")
     assert simulator.generator.config.halo and simulator.metadata["training"]["model_options"] == {"halo": True}
-    x, _ = reference.sample_particles(3, np.random.default_rng(0))
-    assert np.isfinite(simulator.simulate(x, seed=1).counts).all()
+    assert np.isfinite(simulator.simulate(sim_features(tiny_file), seed=1).counts).all()
+    # the ranges the run was trained on are recorded: its own particles are inside, a 1e30 GeV one is not
+    assert simulator.metadata["feature_ranges"]["names"][0] == "energy"
+    far = np.array([[1e30, 0, 0, 0, 0, 0, 1e30, 939.6, 0]], np.float32)
+    assert simulator.outside_domain(far).tolist() == [True]
     with pytest.raises(ConfigError, match=r"'model_options' \{'halo': True, 'impact_frame': False\}: halo needs impact_frame"):
         _config(tiny_file, tmp_path, model_options={"halo": True, "impact_frame": False})
     with pytest.raises(ConfigError, match=r"'model_options' \{'colour': 1\}:.*colour"):

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from zdc_sim import regularizers
+from zdc_sim import atomic, regularizers
 
 from . import synthetic
 
-METHODS = ("none", "sdi", "ms", "dp", "ndiv", "iid")
+METHODS = regularizers.NAMES  # the plain cGAN ("none") and the five regularizers
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ def run(out: Path, plan: BenchPlan = BenchPlan(), methods=METHODS, workers: int 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for scores in pool.map(_one_run, jobs):
             results["runs"].append(scores)
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+            atomic.write_text(out / "results.json", json.dumps(results, indent=1))
             bar.update()
     bar.close()
     table = markdown_table(results["runs"], methods, plan)
-    (out / "results.md").write_text(table)
+    atomic.write_text(out / "results.md", table)
     _plot(results["runs"], methods, out / "regularizers.png")
     return results
 
@@ -94,14 +94,14 @@ def _one_run(job) -> dict:
 
 def _zdc_data(out: Path, plan: BenchPlan) -> tuple[Path, Path]:
     """Training and held-out reference files, generated once per output folder (seeds 11 and 12)."""
-    from zdc_sim import io, reference
+    from zdc_sim import rootio, reference
 
     files = []
     for name, particles, seed in (("zdc-train.root", plan.zdc_particles, 11), ("zdc-heldout.root", plan.zdc_heldout, 12)):
         path = out / name
         if not path.exists():
             chunks = (c.parts() for c in reference.generate(particles, 4, seed))
-            io.write_dataset(path, chunks, provenance={"generator": "zdc_sim.reference", "seed": seed,
+            rootio.write_dataset(path, chunks, provenance={"generator": "zdc_sim.reference", "seed": seed,
                                                        "particles": particles, "repeats": 4})
         files.append(path)
     return files[0], files[1]

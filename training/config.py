@@ -35,7 +35,7 @@ class TrainConfig:
     regularizer: str = "sdi"  # sdi, ms, dp, ndiv, iid, or none (the plain conditional GAN)
     lam: float | None = None  # weight of the regularizer in the generator loss; None: its published default
     regularizer_options: dict = field(default_factory=dict)  # the method's own hyper-parameters, e.g. {"alpha": 0.9}
-    sdi_weight: str = "absolute"  # 'absolute' (as published), 'relative' or 'channels' spread per particle
+    sdi_weighting: str = "absolute"  # 'absolute' (as published), 'relative' or 'channels' spread per particle
     sdi_space: str = "image"  # where SDI measures d_x: 'image' or discriminator 'embedding'
     r1_gamma: float = 1.0  # zero-centred gradient penalty on real images (0 disables)
     r1_every: int = 4  # apply it every this many discriminator steps (lazy regularisation)
@@ -61,7 +61,7 @@ class TrainConfig:
         checks = [
             ("model", self.model in SIZES, f"one of {sorted(SIZES)}"),
             ("regularizer", self.regularizer in REGULARIZERS, f"one of {list(REGULARIZERS)}"),
-            ("sdi_weight", self.sdi_weight in WEIGHT_KINDS, f"one of {list(WEIGHT_KINDS)}"),
+            ("sdi_weighting", self.sdi_weighting in WEIGHT_KINDS, f"one of {list(WEIGHT_KINDS)}"),
             ("sdi_space", self.sdi_space in ("image", "embedding"), "'image' or 'embedding'"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 2, ">= 2"),

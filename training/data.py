@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zdc_sim import io
+from zdc_sim import rootio
 from zdc_sim.geometry import channel_sums
 from zdc_sim.metrics import shower_centres
 
@@ -31,18 +31,18 @@ class Dataset:
                        self.centres[mask])
 
 
-def load(path, max_entries: int | None = None, schema: io.Schema = io.Schema(), images: bool = True) -> Dataset:
-    """Read a ROOT file chunk by chunk (validated by zdc_sim.io). `images=False` keeps only the
+def load(path, max_entries: int | None = None, schema: rootio.Schema = rootio.Schema(), images: bool = True) -> Dataset:
+    """Read a ROOT file chunk by chunk (validated by zdc_sim.rootio). `images=False` keeps only the
     channel sums of the responses, for evaluation sets that need no pixels."""
     parts = {k: [] for k in ("features", "pdg", "particle_id", "images", "channels", "centres")}
     seen = 0
-    for chunk in io.iterate(path, schema):
+    for chunk in rootio.iterate(path, schema):
         if max_entries is not None:
             chunk = {k: v[: max_entries - seen] for k, v in chunk.items()}
-        counts = chunk[io.RESPONSE]
-        parts["features"].append(chunk[io.FEATURES])
-        parts["pdg"].append(chunk[io.PDG])
-        parts["particle_id"].append(chunk[io.PARTICLE_ID])
+        counts = chunk[rootio.RESPONSE]
+        parts["features"].append(chunk[rootio.FEATURES])
+        parts["pdg"].append(chunk[rootio.PDG])
+        parts["particle_id"].append(chunk[rootio.PARTICLE_ID])
         if images:
             parts["images"].append(torch.from_numpy(np.log1p(counts))[:, None])
         parts["channels"].append(channel_sums(counts))
@@ -51,7 +51,7 @@ def load(path, max_entries: int | None = None, schema: io.Schema = io.Schema(), 
         if max_entries is not None and seen >= max_entries:
             break
     if seen == 0:
-        raise io.RootFileError("no entries", file=path, tree=io.TREE, expected="at least one entry", found="0")
+        raise rootio.RootFileError("no entries", file=path, tree=rootio.TREE, expected="at least one entry", found="0")
     return Dataset(np.concatenate(parts["features"]), np.concatenate(parts["pdg"]),
                    np.concatenate(parts["particle_id"]), torch.cat(parts["images"]) if images else None,
                    np.concatenate(parts["channels"]), np.concatenate(parts["centres"]))

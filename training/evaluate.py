@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from zdc_sim import geometry, io, metrics, reference
+from zdc_sim import geometry, rootio, metrics, reference, species
 from zdc_sim.simulator import Simulator
 
 from .data import load
@@ -37,7 +37,7 @@ def _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, r
     n_particles, k = real_channels.shape[:2]
     samples = max(samples, k // 2)
     generated, generated_centres = _channels_and_centres(
-        simulator.simulate(np.repeat(features, samples, axis=0), seed=seed).counts, n_particles, samples)
+        simulator.simulate(np.repeat(features, samples, axis=0), seed=seed, extrapolate=True).counts, n_particles, samples)
     report = _scores(real_channels, generated, pdg, real_centres, generated_centres, bootstrap)
     report.update(particles=int(n_particles), repeats=int(k), samples=int(samples))
     if ceiling:
@@ -70,8 +70,8 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
               "selectivity_particles": sel.n_particles, "by_class": {}}
     if bootstrap:
         report["ratio_interval"] = list(metrics.bootstrap_ratio(real_channels, generated_channels, bootstrap))
-    classes = reference.shower_class(pdg)
-    for cls in (reference.HADRONIC, reference.ELECTROMAGNETIC):
+    classes = species.shower_class(pdg)
+    for cls in (species.HADRONIC, species.ELECTROMAGNETIC):
         sel_cls = classes == cls
         if sel_cls.sum() >= 2:
             by = metrics.ws_against_floor(real_channels[sel_cls], generated_channels[sel_cls])
@@ -79,7 +79,7 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
                                        "ratio_channels": _channel_ratios(by)}
     # Electromagnetic showers that reach the fibres: mean total and centre per particle.
     real_totals, generated_totals = real_channels.sum(-1).mean(1), generated_channels.sum(-1).mean(1)
-    em = (classes == reference.ELECTROMAGNETIC) & (real_totals >= metrics.MIN_MEAN_COUNTS)
+    em = (classes == species.ELECTROMAGNETIC) & (real_totals >= geometry.MIN_MEAN_COUNTS)
     report["em_particles"] = int(em.sum())
     if em.any():
         report["em_total_error"] = float(np.median(np.abs(generated_totals[em] / real_totals[em] - 1)))
@@ -92,7 +92,7 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
     return report
 
 
-def load_particles(path, max_particles: int | None = None, schema: io.Schema = io.Schema(),
+def load_particles(path, max_particles: int | None = None, schema: rootio.Schema = rootio.Schema(),
                    with_centres: bool = False):
     """(features (P, 9), pdg (P,), channels (P, K, 5)[, centres (P, K, 2)]) of a file, read in
     chunks (images are not kept)."""
@@ -106,7 +106,7 @@ def load_particles(path, max_particles: int | None = None, schema: io.Schema = i
 
 
 def evaluate_file(simulator: Simulator, path, max_particles: int | None = None, samples: int = DEFAULT_SAMPLES,
-                  seed: int = 0, ceiling: bool = False, schema: io.Schema = io.Schema(),
+                  seed: int = 0, ceiling: bool = False, schema: rootio.Schema = rootio.Schema(),
                   bootstrap: int = BOOTSTRAP, plots=None) -> dict:
     """Evaluate on a file; `plots`: a folder for the figures a physicist looks at (see plots.py)."""
     feats, pdg, channels, centres = load_particles(path, max_particles, schema, with_centres=True)
@@ -158,15 +158,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _example_particles(path, schema: io.Schema, per_class: int = 2) -> dict:
+def _example_particles(path, schema: rootio.Schema, per_class: int = 2) -> dict:
     """Real images of the first particles of each shower class in the file's first chunk that
     reach the fibres, for the mean-response plot."""
-    chunk = next(io.iterate(path, schema))
-    ids, (feats, pdg, counts) = metrics.group_repeats(chunk[io.PARTICLE_ID], chunk[io.FEATURES], chunk[io.PDG],
-                                                      chunk[io.RESPONSE])
-    classes = reference.shower_class(pdg[:, 0])
-    hit = counts.sum((2, 3)).mean(1) >= 10 * metrics.MIN_MEAN_COUNTS
-    chosen = [i for cls in (reference.HADRONIC, reference.ELECTROMAGNETIC)
+    chunk = next(rootio.iterate(path, schema))
+    ids, (feats, pdg, counts) = metrics.group_repeats(chunk[rootio.PARTICLE_ID], chunk[rootio.FEATURES], chunk[rootio.PDG],
+                                                      chunk[rootio.RESPONSE])
+    classes = species.shower_class(pdg[:, 0])
+    hit = counts.sum((2, 3)).mean(1) >= 10 * geometry.MIN_MEAN_COUNTS
+    chosen = [i for cls in (species.HADRONIC, species.ELECTROMAGNETIC)
               for i in np.flatnonzero((classes == cls) & hit)[:per_class]]
     return {"features": feats[chosen, 0], "images": counts[chosen],
-            "labels": [f"{reference.species_name(pdg[i, 0])} {feats[i, 0, 0]:.0f} GeV" for i in chosen]}
+            "labels": [f"{species.species_name(pdg[i, 0])} {feats[i, 0, 0]:.0f} GeV" for i in chosen]}

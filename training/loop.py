@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from zdc_sim import __version__, checkpoint, geometry, metrics, regularizers
-from zdc_sim.features import Standardizer
+from zdc_sim import checkpoint, geometry, metrics, regularizers
+from zdc_sim.features import Domain, Standardizer
 from zdc_sim.models import Discriminator, Encoder, Generator
 from zdc_sim.simulator import Simulator, pick_device
 
 from . import data as training_data
+from . import gan
 from .config import ConfigError, TrainConfig
 from .evaluate import evaluate_particles
 from .losses import energy_score_loss
@@ -99,7 +99,7 @@ class _Run:
         self.standardizer = Standardizer.fit(self.train_set.features)
         self.x_train = torch.from_numpy(self.standardizer.transform(self.train_set.features))
         ids, weights = regularizers.diversity_weights(self.train_set.particle_id, self.train_set.log_images,
-                                                      config.sdi_weight)
+                                                      config.sdi_weighting)
         self.weights = torch.from_numpy(weights[np.searchsorted(ids, self.train_set.particle_id)]).float()
 
         model_config = config.model_config
@@ -122,7 +122,7 @@ class _Run:
         # The moving average of the generator is what is validated and shipped (with ema 0: itself).
         self.average = copy.deepcopy(self.generator).requires_grad_(False) if config.ema > 0 else self.generator
         self.real_channels = torch.from_numpy(np.log1p(self.train_set.channels)).float()
-        self.latents = torch.Generator().manual_seed(config.seed * 1000 + rank)
+        self.latent_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
         self.fingerprint = checkpoint.file_fingerprint(config.data)
         self.state = Progress()
         if (self.out / LAST).exists():
@@ -183,18 +183,13 @@ class _Run:
         random_dim, latent = self.generator.config.random_dim, self.generator.config.latent_dim
         self._set_learning_rates()
 
-        # Discriminator.
+        # Discriminator (R1 every r1_every steps, weighted up to match).
         self.discriminator.requires_grad_(True)
-        z = torch.randn(batch, random_dim, generator=self.latents).to(device)
+        z = torch.randn(batch, random_dim, generator=self.latent_rng).to(device)
         with torch.no_grad():
             fake = self.generator(z, x)
-        logits, _ = self.d_step_model(torch.cat([real, fake]), torch.cat([x, x]))
-        loss_d = F.softplus(-logits[:batch]).mean() + F.softplus(logits[batch:]).mean()
-        if config.r1_gamma > 0 and self.state.step % config.r1_every == 0:
-            real_grad = real.detach().requires_grad_(True)
-            out, _ = self.discriminator(real_grad, x)
-            (grad,) = torch.autograd.grad(out.sum(), real_grad, create_graph=True)
-            loss_d = loss_d + config.r1_gamma / 2 * config.r1_every * grad.pow(2).flatten(1).sum(1).mean()
+        r1 = config.r1_gamma * config.r1_every if self.state.step % config.r1_every == 0 else 0.0
+        loss_d = gan.discriminator_loss(self.d_step_model, real, fake, x, r1, self.discriminator)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
@@ -204,20 +199,16 @@ class _Run:
         reg = self.regularizer
         scored = config.energy_score > 0 or config.energy_score_image > 0
         pair = reg.needs_pair or scored
-        z1 = torch.randn(batch, random_dim, generator=self.latents).to(device)
-        z2 = torch.randn(batch, random_dim, generator=self.latents).to(device) if pair else None
+        z1 = torch.randn(batch, random_dim, generator=self.latent_rng).to(device)
+        z2 = torch.randn(batch, random_dim, generator=self.latent_rng).to(device) if pair else None
         zz, xx = (torch.cat([z1, z2]), torch.cat([x, x])) if pair else (z1, x)
         fakes, means = self.g_step_model(zz, xx, with_mean=True)
-        logits, embedding = self.discriminator(fakes, xx)
-        loss_adv = F.softplus(-logits).mean()
         # Regularizers compare responses before photon statistics (pixel noise is not diversity),
         # and latents without the photon noise; IID's encoder inverts what it sees of real data.
-        compared = fakes if reg.uses_real else means
-        f1, f2 = compared.split(batch) if pair else (compared, None)
-        e1, e2 = (embedding.split(batch) if pair else (embedding, None)) if reg.uses_embedding else (None, None)
-        loss_reg = reg(regularizers.DiversityPair(z1[:, :latent], None if z2 is None else z2[:, :latent], f1, f2,
-                                                  self.weights[index].to(device), e1, e2,
-                                                  condition=x, real=real if reg.uses_real else None))
+        losses = gan.generator_losses(self.discriminator, reg, fakes, x, z1[:, :latent],
+                                      None if z2 is None else z2[:, :latent], self.weights[index].to(device), real,
+                                      compared=means)
+        loss_adv, loss_reg = losses.adversarial, losses.regularizer
         loss_g = loss_adv + config.weight * loss_reg
         loss_score = fakes.new_zeros(())
         if scored:
@@ -305,7 +296,7 @@ class _Run:
                                                      self.train_set.channels)
         feats, channels = feats[:particles, 0], channels[:particles]
         k = channels.shape[1]
-        generated = simulator.simulate(np.repeat(feats, k, 0), seed=VALIDATION_SEED + 1).channels.astype(np.float64)
+        generated = simulator.simulate(np.repeat(feats, k, 0), seed=VALIDATION_SEED + 1, extrapolate=True).channels.astype(np.float64)
         factors = np.round(np.arange(0.9, 1.1001, 0.001), 4)  # a 1 % shift of channel 5 alone is ~3x its floor
         ws = [metrics.ws_channels(channels.reshape(-1, geometry.N_CHANNELS), f * generated).mean() for f in factors]
         factor = float(factors[int(np.argmin(ws))])
@@ -333,6 +324,7 @@ class _Run:
         return {"model": self.generator.config.to_dict(), "model_size": self.config.model,
                 "impact_residual_cm": self.impact_residual_cm,
                 "training": self.config.to_dict(), "standardizer": self.standardizer.to_dict(),
+                "feature_ranges": Domain.fit(self.train_set.features).to_dict(),
                 "dataset_fingerprint": self.fingerprint, "world_size": self.world,
                 "torch_version": torch.__version__, **extra}
 
@@ -343,7 +335,7 @@ class _Run:
                    **checkpoint.prefixed("discriminator", self.discriminator.state_dict()),
                    **checkpoint.prefixed("regularizer", self.regularizer.state_dict()),
                    **(checkpoint.prefixed("average", self.average.state_dict()) if self.average is not self.generator else {}),
-                   "rng.latents": self.latents.get_state()}
+                   "rng.latents": self.latent_rng.get_state()}
         optimizers = {}
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
             state = opt.state_dict()
@@ -372,7 +364,7 @@ class _Run:
         self.regularizer.load_state_dict(checkpoint.unprefixed("regularizer", tensors))
         if self.average is not self.generator:
             self.average.load_state_dict(checkpoint.unprefixed("average", tensors))
-        self.latents.set_state(tensors["rng.latents"].cpu())
+        self.latent_rng.set_state(tensors["rng.latents"].cpu())
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
             state: dict = {}
             for key, value in tensors.items():
@@ -391,7 +383,7 @@ def _fit_impact(generator: Generator, features: torch.Tensor, data: training_dat
     truncation does not pull them inwards: a first fit on showers whose centre is inside, a second
     on those the first fit puts inside. Returns the median residual in cm."""
     total, centres = torch.from_numpy(data.channels.sum(1)), torch.from_numpy(data.centres).double()
-    shower = (total >= metrics.MIN_MEAN_COUNTS) & torch.isfinite(centres).all(1)
+    shower = (total >= geometry.MIN_MEAN_COUNTS) & torch.isfinite(centres).all(1)
     use = shower & (centres.abs() < INSIDE_CM).all(1)
     if use.sum() < 20:
         raise ConfigError(f"only {int(use.sum())} training responses are showers inside the face; expected at "
@@ -417,11 +409,11 @@ def _fit_total_heads(generator: Generator, features: torch.Tensor, data: trainin
         inside = (generator.impact_point(features.float()).abs() < INSIDE_CM).all(1) if generator.config.impact_frame \
             else torch.ones(len(totals), dtype=torch.bool)
     log_totals = torch.log1p(totals)
-    use = torch.nonzero(inside & (totals >= metrics.MIN_MEAN_COUNTS))[:, 0]
+    use = torch.nonzero(inside & (totals >= geometry.MIN_MEAN_COUNTS))[:, 0]
     order = np.argsort(data.particle_id, kind="stable")
     same = data.particle_id[order][1:] == data.particle_id[order][:-1]
     first, second = torch.from_numpy(order[:-1][same]), torch.from_numpy(order[1:][same])
-    keep = inside[first] & (totals[first] >= metrics.MIN_MEAN_COUNTS) & (totals[second] >= metrics.MIN_MEAN_COUNTS)
+    keep = inside[first] & (totals[first] >= geometry.MIN_MEAN_COUNTS) & (totals[second] >= geometry.MIN_MEAN_COUNTS)
     first, second = first[keep], second[keep]
     if len(use) < 2 or len(first) < 2:
         return
@@ -457,4 +449,4 @@ def _validation_arrays(val: training_data.Dataset, max_particles: int) -> dict:
     feats, pdg, channels, centres, rows = (a[:max_particles] for a in (feats, pdg, channels, centres, rows))
     return {"features": feats[:, 0], "pdg": pdg[:, 0], "channels": channels, "centres": centres,
             "images": torch.expm1(val.log_images[torch.as_tensor(rows[:8].ravel())]).numpy().reshape(
-                len(rows[:8]), rows.shape[1], 44, 44)}
+                len(rows[:8]), rows.shape[1], *geometry.SHAPE)}

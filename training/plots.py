@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zdc_sim import geometry, metrics, reference  # noqa: E402
+from zdc_sim import geometry, metrics, species  # noqa: E402
 from zdc_sim.simulator import Simulator  # noqa: E402
 
 SEED = 2024
@@ -22,7 +22,7 @@ def write_plots(out: Path, simulator: Simulator, validation: dict, history: list
     """Write the plots into `out`; returns their paths."""
     feats, pdg, real = validation["features"], validation["pdg"], validation["channels"]
     samples = 10
-    generated = simulator.simulate(np.repeat(feats, samples, 0), seed=SEED).channels.reshape(len(feats), samples, -1)
+    generated = simulator.simulate(np.repeat(feats, samples, 0), seed=SEED, extrapolate=True).channels.reshape(len(feats), samples, -1)
     paths = [_channels(out, real, generated), _spread(out, real, generated, pdg),
              _responses(out, simulator, feats, validation["images"])]
     if history:
@@ -53,10 +53,10 @@ def _channels(out, real, generated):
 
 def _spread(out, real, generated, pdg):
     totals_r, totals_g = real.sum(-1), generated.sum(-1)
-    keep = totals_r.mean(1) >= metrics.MIN_MEAN_COUNTS
+    keep = totals_r.mean(1) >= geometry.MIN_MEAN_COUNTS
     rs_r = metrics.relative_spread(totals_r[keep])
     rs_g = metrics.relative_spread(totals_g[keep])
-    em = np.isin(pdg[keep], reference.EM_PDG)
+    em = np.isin(pdg[keep], species.EM_PDG)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(rs_r[~em], rs_g[~em], s=4, alpha=0.5, label="hadronic")
     ax.scatter(rs_r[em], rs_g[em], s=4, alpha=0.5, label="electromagnetic")
@@ -71,8 +71,8 @@ def _spread(out, real, generated, pdg):
 def _responses(out, simulator, feats, real_images, n_particles=4, repeats=3):
     n_particles = min(n_particles, len(real_images))
     repeats = min(repeats, real_images.shape[1])
-    fake = simulator.simulate(np.repeat(feats[:n_particles], repeats, 0), seed=SEED).counts
-    fake = fake.reshape(n_particles, repeats, 44, 44)
+    fake = simulator.simulate(np.repeat(feats[:n_particles], repeats, 0), seed=SEED, extrapolate=True).counts
+    fake = fake.reshape(n_particles, repeats, *geometry.SHAPE)
     fig, axes = plt.subplots(n_particles, 2 * repeats, figsize=(2.2 * 2 * repeats, 2.2 * n_particles), squeeze=False)
     for p in range(n_particles):
         for r in range(repeats):
@@ -114,8 +114,8 @@ def write_evaluation_plots(out, simulator: Simulator, pdg, real, generated, seed
 
 
 def _channels_by_class(out, real, generated, pdg):
-    classes = reference.shower_class(pdg)
-    names = (reference.HADRONIC, reference.ELECTROMAGNETIC)
+    classes = species.shower_class(pdg)
+    names = (species.HADRONIC, species.ELECTROMAGNETIC)
     fig, axes = plt.subplots(len(names), geometry.N_CHANNELS, figsize=(18, 6.4), squeeze=False)
     for row, cls in enumerate(names):
         sel = classes == cls
@@ -137,7 +137,7 @@ def _mean_responses(out, simulator, particles: dict, seed, samples: int = 20):
     """particles: {'features' (n, 9), 'images' (n, K, 44, 44), 'labels' [n]}."""
     feats, images = particles["features"], particles["images"]
     n = len(feats)
-    fake = simulator.simulate(np.repeat(feats, samples, 0), seed=seed).counts.reshape(n, samples, 44, 44).mean(1)
+    fake = simulator.simulate(np.repeat(feats, samples, 0), seed=seed, extrapolate=True).counts.reshape(n, samples, *geometry.SHAPE).mean(1)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
     for p in range(n):
         real_mean = images[p].mean(0)

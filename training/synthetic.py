@@ -24,6 +24,8 @@ from torch import nn
 from zdc_sim import regularizers
 from zdc_sim.models import mlp
 
+from . import gan
+
 CAPTURE_SHARE = 0.008
 LATENT = 8
 TASKS = ("ring", "grid", "selective")
@@ -132,11 +134,9 @@ def train_toy(task: Task, method: str, seed: int, steps: int, batch: int = 256, 
         cond, real = task.sample(batch, rng)
         c = F.one_hot(torch.from_numpy(cond), k).float()
         real = torch.from_numpy(real)
-        z1 = torch.randn(batch, LATENT)
         with torch.no_grad():
-            fake = g(z1, c)
-        logits, _ = d(torch.cat([real, fake]), torch.cat([c, c]))
-        loss_d = F.softplus(-logits[:batch]).mean() + F.softplus(logits[batch:]).mean()
+            fake = g(torch.randn(batch, LATENT), c)
+        loss_d = gan.discriminator_loss(d, real, fake, c)
         opt_d.zero_grad()
         loss_d.backward()
         opt_d.step()
@@ -144,13 +144,9 @@ def train_toy(task: Task, method: str, seed: int, steps: int, batch: int = 256, 
         d.requires_grad_(False)
         z1 = torch.randn(batch, LATENT)
         z2 = torch.randn(batch, LATENT) if reg.needs_pair else None
-        zz, cc = (torch.cat([z1, z2]), torch.cat([c, c])) if reg.needs_pair else (z1, c)
-        fakes = g(zz, cc)
-        logits, embedding = d(fakes, cc)
-        f1, f2 = fakes.split(batch) if reg.needs_pair else (fakes, None)
-        e1, e2 = embedding.split(batch) if reg.needs_pair else (embedding, None)
-        term = reg(regularizers.DiversityPair(z1, z2, f1, f2, sdi_weights[cond], e1, e2, condition=c, real=real))
-        loss_g = F.softplus(-logits).mean() + weight * term
+        fakes = g(torch.cat([z1, z2]) if reg.needs_pair else z1, torch.cat([c, c]) if reg.needs_pair else c)
+        losses = gan.generator_losses(d, reg, fakes, c, z1, z2, sdi_weights[cond], real)
+        loss_g = losses.adversarial + weight * losses.regularizer
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()

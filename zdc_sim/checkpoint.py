@@ -1,16 +1,14 @@
 """Checkpoints without pickle: one safetensors file whose header carries the JSON metadata
 (model and training config, feature standardisation, metrics, dataset fingerprint, code version).
 
-Loading cannot run code. Writing goes to a temporary file in the same folder, flushed to disk and
-renamed over the target, so a crash leaves the previous checkpoint intact.
+Loading cannot run code. Writing goes through `atomic.atomic_output`, so a crash leaves the
+previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .atomic import atomic_output
 from .errors import ZdcError
 
 FORMAT = "zdc-sim-checkpoint/1"
@@ -34,19 +33,8 @@ def save(path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": FORMAT, "code_version": __version__, **metadata}
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
-    try:
+    with atomic_output(path) as tmp:
         save_file(contiguous, tmp, metadata={_METADATA_KEY: json.dumps(header)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:

@@ -14,7 +14,7 @@ from .errors import ZdcError
 def _data_generate(args) -> None:
     from tqdm import tqdm
 
-    from . import io, reference
+    from . import rootio, reference
 
     def chunks():
         with tqdm(total=args.particles, unit="particle", desc="simulating", disable=args.quiet) as bar:
@@ -24,14 +24,14 @@ def _data_generate(args) -> None:
 
     provenance = {"generator": "zdc_sim.reference", "code_version": __version__, "seed": args.seed,
                   "particles": args.particles, "repeats": args.repeats}
-    entries = io.write_dataset(args.out, chunks(), provenance=provenance)
+    entries = rootio.write_dataset(args.out, chunks(), provenance=provenance)
     print(f"wrote {entries} entries ({args.particles} particles x {args.repeats} repeats) to {args.out}")
 
 
 def _schema(args):
-    from . import io
+    from . import rootio
 
-    return io.Schema.from_file(args.branch_map) if args.branch_map else io.Schema()
+    return rootio.Schema.from_file(args.branch_map) if args.branch_map else rootio.Schema()
 
 
 def _data_inspect(args) -> None:
@@ -42,11 +42,11 @@ def _data_inspect(args) -> None:
 
 
 def _data_convert(args) -> None:
-    from . import io
+    from . import rootio
 
     source = _schema(args)
     provenance = {"converted_from": str(args.path), "code_version": __version__}
-    entries = io.write_dataset(args.out, io.iterate(args.path, source), provenance=provenance)
+    entries = rootio.write_dataset(args.out, rootio.iterate(args.path, source), provenance=provenance)
     print(f"wrote {entries} entries to {args.out}")
 
 
@@ -57,7 +57,7 @@ def _train(args) -> None:
     from training.loop import train
 
     overrides = {k: getattr(args, k) for k in ("data", "out", "val_data", "model", "epochs", "batch_size",
-                                                "regularizer", "lam", "sdi_weight", "sdi_space", "seed",
+                                                "regularizer", "lam", "sdi_weighting", "sdi_space", "seed",
                                                 "device", "threads", "checkpoint_every", "max_entries",
                                                 "energy_score", "energy_score_image", "ema")}
     if args.regularizer_options:
@@ -123,7 +123,7 @@ def _export(args) -> None:
         schema = dataclasses.replace(schema, tree=args.tree)
     options = dict(seed=args.seed, chunk_size=args.chunk_size, schema=schema, tree=schema.tree,
                    channels_only=args.channels_only, resume=args.resume,
-                   compression=args.compression or export.DEFAULT_COMPRESSION)
+                   compression=args.compression or export.EXPORT_COMPRESSION)
     out = Path(args.out)
     if len(args.inputs) == 1 and not out.is_dir():
         from .simulator import Simulator
@@ -132,7 +132,9 @@ def _export(args) -> None:
         result = export.export_file(args.inputs[0], out, simulator, progress=not args.quiet, **options)
         print(f"wrote {result.entries} entries to {result.output} in {result.seconds:.1f} s "
               f"({result.particles_per_second:,.0f} particles/s)" +
-              (f"; resumed after entry {result.resumed_from}" if result.resumed_from else ""))
+              (f"; resumed after entry {result.resumed_from}" if result.resumed_from else "") +
+              (f"; {result.out_of_domain} particles outside the model's trained feature ranges (simulated, flagged "
+               f"in branch '{export.OUT_OF_DOMAIN}')" if result.out_of_domain else ""))
         return
     rows = export.export_many(args.inputs, out, checkpoint_path=args.checkpoint, device=args.device,
                               scheduler=args.scheduler, workers=args.workers, **options)
@@ -191,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lambda", dest="lam", type=float, help="weight of the regularizer (default: its published one)")
     tr.add_argument("--regularizer-option", dest="regularizer_options", action="append", metavar="KEY=VALUE",
                     help="a hyper-parameter of the regularizer, e.g. alpha=0.9 (repeatable)")
-    tr.add_argument("--sdi-weight", dest="sdi_weight", help="absolute (published), relative or channels spread weights")
+    tr.add_argument("--sdi-weighting", dest="sdi_weighting", help="absolute (published), relative or channels spread weights")
     tr.add_argument("--energy-score", dest="energy_score", type=float, help="weight of the channel energy score")
     tr.add_argument("--energy-score-image", dest="energy_score_image", type=float,
                     help="weight of the pooled-image energy score")

@@ -27,3 +27,8 @@ class RootFileError(ZdcError):
         if found is not None:
             message += f"; found {found}"
         super().__init__(message)
+
+
+class DomainError(FeatureError):
+    """A particle lies outside the feature ranges the model was trained on (an extrapolation the
+    caller did not ask for)."""

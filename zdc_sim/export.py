@@ -1,5 +1,7 @@
 """ROOT in -> ROOT out batch simulation: read the particle branches of a file in chunks, simulate,
-write a TTree of the particles with their simulated responses and channel sums.
+write a TTree of the particles with their simulated responses and channel sums. A particle
+outside the feature ranges the model was trained on is simulated anyway and flagged
+(`out_of_domain` branch; their count in the provenance): one odd particle never fails a file.
 
 Reading, simulating and writing overlap (a reader and a writer thread around the simulating
 one, joined by queues of at most two chunks, so memory stays bounded whatever the file size).
@@ -22,19 +24,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import uproot
 from tqdm import tqdm
 
-from . import __version__, checkpoint, features, io
+from . import __version__, atomic, checkpoint, features, rootio
 from .errors import ZdcError
-from .geometry import N_CHANNELS
+from .geometry import CHANNEL_NAMES
 from .simulator import Simulation, Simulator
 
 DEFAULT_CHUNK = 8192
 # Generated responses are continuous floats with noisy mantissas: zlib:1 saves 3.7 % of the file at
 # a tenth of the uncompressed write speed, on the cores the simulation needs (bench/export.py).
-DEFAULT_COMPRESSION = "none"
-CHANNEL_BRANCHES = tuple(f"channel_{i}" for i in range(1, N_CHANNELS + 1))
+EXPORT_COMPRESSION = "none"
+OUT_OF_DOMAIN = "out_of_domain"  # per entry: the particle lies outside the model's trained feature ranges
 _DONE = object()
 
 
@@ -45,6 +46,7 @@ class ExportResult:
     entries: int
     seconds: float
     resumed_from: int = 0
+    out_of_domain: int = 0  # entries outside the model's trained feature ranges (flagged, simulated anyway)
 
     @property
     def particles_per_second(self) -> float:
@@ -54,8 +56,9 @@ class ExportResult:
 def output_branch_types(channels_only: bool) -> dict[str, np.dtype]:
     types = {name: np.dtype(np.float32) for name in features.NAMES}
     if not channels_only:
-        types[io.RESPONSE] = io.RESPONSE_TYPE
-    types.update({name: np.dtype(np.float32) for name in CHANNEL_BRANCHES})
+        types[rootio.RESPONSE] = rootio.RESPONSE_TYPE
+    types.update({name: np.dtype(np.float32) for name in CHANNEL_NAMES})
+    types[OUT_OF_DOMAIN] = np.dtype(np.bool_)
     return types
 
 
@@ -86,22 +89,22 @@ def _threaded(iterable, size: int = 2):
 
 
 def export_file(input_path, output_path, simulator: Simulator, *, seed: int | None = None,
-                chunk_size: int = DEFAULT_CHUNK, schema: io.Schema = io.Schema(), tree: str = io.TREE,
+                chunk_size: int = DEFAULT_CHUNK, schema: rootio.Schema = rootio.Schema(), tree: str = rootio.TREE,
                 channels_only: bool = False, resume: bool = False, progress: bool = True,
-                compression: str = DEFAULT_COMPRESSION,
+                compression: str = EXPORT_COMPRESSION,
                 simulate: Callable[[np.ndarray, np.ndarray], Simulation] | None = None) -> ExportResult:
     """Simulate every particle of `input_path` into `output_path`. `seed` None draws one at random
-    (recorded in the provenance). `compression` is an `io.parse_compression` spec.
+    (recorded in the provenance). `compression` is an `rootio.parse_compression` spec.
     `simulate(raw_features, latents)` replaces the simulator's own forward pass (the service
     routes it through its batcher)."""
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
-    io.parse_compression(compression)  # a bad spec fails before any file is touched
+    rootio.parse_compression(compression)  # a bad spec fails before any file is touched
     if chunk_size < 1:
         raise ZdcError(f"chunk size is {chunk_size}; expected >= 1")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") >> 1  # random, but recorded in the provenance
-    total = io.num_entries(input_path, schema)
+    total = rootio.num_entries(input_path, schema)
     provenance = {"model": simulator.metadata.get("model_size", "custom"), "model_version": simulator.model_version,
                   "model_checksum": simulator.metadata.get("checksum"), "seed": int(seed),
                   "code_version": __version__, "input": str(input_path),
@@ -114,19 +117,21 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
     types = output_branch_types(channels_only)
 
     def chunks():
-        for part in io.iterate(input_path, schema, parts=(io.FEATURES,), step_size=chunk_size, entry_start=done):
-            yield part[io.FEATURES]
+        for part in rootio.iterate(input_path, schema, parts=(rootio.FEATURES,), step_size=chunk_size, entry_start=done):
+            yield part[rootio.FEATURES]
 
-    carried = _read_partial(partial, tree, done) if done else None
-    manifest.write_text(json.dumps(provenance, sort_keys=True))
+    carried = rootio.read_partial(partial, tree, done) if done else None
+    atomic.write_text(manifest, json.dumps(provenance, sort_keys=True))
     bar = tqdm(total=total, initial=done, unit="particle", unit_scale=True, desc=input_path.name, disable=not progress)
     objects = {"provenance": json.dumps(provenance, sort_keys=True)}
     try:
         # one basket per chunk (at most io's usual size): a kill loses at most the chunk in flight
-        with io.RootWriter(output_path, types, tree=tree, objects=objects, partial=partial, compression=compression,
-                           basket_entries=min(chunk_size, io.WRITE_BASKET_ENTRIES)) as writer:
+        with rootio.RootWriter(output_path, types, tree=tree, objects=objects, partial=partial, compression=compression,
+                           basket_entries=min(chunk_size, rootio.WRITE_BASKET_ENTRIES)) as writer:
+            outside = 0
             if carried is not None:
                 writer.write(carried)
+                outside = int(carried[OUT_OF_DOMAIN].sum())
             outputs: queue.Queue = queue.Queue(2)
             writer_thread = _Writer(writer, outputs)
             writer_thread.start()
@@ -136,8 +141,10 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
                     sim = simulate(raw, simulator.latents(len(raw), seed, start))
                     row = {name: raw[:, i] for i, name in enumerate(features.NAMES)}
                     if not channels_only:
-                        row[io.RESPONSE] = sim.counts
-                    row.update({name: sim.channels[:, i] for i, name in enumerate(CHANNEL_BRANCHES)})
+                        row[rootio.RESPONSE] = sim.counts
+                    row.update({name: sim.channels[:, i] for i, name in enumerate(CHANNEL_NAMES)})
+                    row[OUT_OF_DOMAIN] = simulator.outside_domain(raw)
+                    outside += int(row[OUT_OF_DOMAIN].sum())
                     outputs.put(row)
                     writer_thread.check()
                     start += len(raw)
@@ -147,19 +154,21 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
                 writer_thread.join()
                 bar.close()
             writer_thread.check()
+            # Known only now; not part of the manifest a resume compares.
+            writer.objects["provenance"] = json.dumps({**provenance, OUT_OF_DOMAIN: outside}, sort_keys=True)
     except KeyboardInterrupt:
         raise  # the partial file and its manifest stay for --resume
     except BaseException:
         manifest.unlink(missing_ok=True)  # RootWriter removed the partial file: nothing is left
         raise
     manifest.unlink(missing_ok=True)
-    return ExportResult(str(input_path), str(output_path), total, time.perf_counter() - started, done)
+    return ExportResult(str(input_path), str(output_path), total, time.perf_counter() - started, done, outside)
 
 
 class _Writer(threading.Thread):
     """Writes chunks from a queue so that compression and disk writes overlap the simulation."""
 
-    def __init__(self, writer: io.RootWriter, items: queue.Queue):
+    def __init__(self, writer: rootio.RootWriter, items: queue.Queue):
         super().__init__(daemon=True)
         self.writer, self.items, self.error = writer, items, None
 
@@ -186,17 +195,10 @@ def _resumable_entries(partial: Path, manifest: Path, provenance: dict, tree: st
             changed = sorted(k for k in provenance if previous.get(k) != provenance[k])
             raise ZdcError(f"--resume: the partial export '{partial}' was made with other {changed}; expected the "
                            f"same input, model, seed and options (or start afresh without --resume)")
-        with uproot.open(partial) as file:
-            return int(file[tree].num_entries)
+        return rootio.partial_entries(partial, tree)
     except (OSError, ValueError, KeyError) as exc:
         raise ZdcError(f"--resume: the partial export '{partial}' cannot be read ({exc}); "
                        f"expected the file an interrupted export left, or start afresh without --resume") from None
-
-
-def _read_partial(partial: Path, tree: str, entries: int) -> dict[str, np.ndarray]:
-    with uproot.open(partial) as file:
-        arrays = file[tree].arrays(library="np", entry_stop=entries)
-    return {name: np.asarray(values) for name, values in arrays.items()}
 
 
 def output_name(input_path: Path, out_dir: Path) -> Path:
@@ -213,7 +215,7 @@ def _export_task(input_path: str, output_path: str, checkpoint_path: str | None,
         return {**asdict(result), "ok": True, "error": None}
     except ZdcError as exc:
         return {"input": input_path, "output": output_path, "entries": 0, "seconds": 0.0, "resumed_from": 0,
-                "ok": False, "error": str(exc)}
+                "out_of_domain": 0, "ok": False, "error": str(exc)}
 
 
 _WORKER_SIMULATORS: dict = {}
@@ -226,7 +228,7 @@ def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str
     failed input does not stop the others."""
     from dask.distributed import Client, LocalCluster
 
-    io.parse_compression(options.get("compression", DEFAULT_COMPRESSION))  # fails here, not once per input
+    rootio.parse_compression(options.get("compression", EXPORT_COMPRESSION))  # fails here, not once per input
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise ZdcError(f"output folder '{out_dir}' does not exist; expected a folder for {len(inputs)} outputs")
@@ -251,6 +253,8 @@ def format_summary(rows: list[dict]) -> str:
     for r in rows:
         rate = r["entries"] / r["seconds"] if r["seconds"] else 0.0
         status = "ok" if r["ok"] else f"FAILED: {r['error']}"
+        if r.get("out_of_domain"):
+            status += f" ({r['out_of_domain']} outside the trained feature ranges, flagged)"
         lines.append(f"{Path(r['input']).name:<40} {r['entries']:>10} {r['seconds']:>8.1f} {rate:>12,.0f}  {status}")
     failed = sum(not r["ok"] for r in rows)
     lines.append(f"{len(rows) - failed} of {len(rows)} inputs exported" + (f"; {failed} failed" if failed else ""))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FeatureError
+from .errors import DomainError, FeatureError
 
 NAMES = ("energy", "vx", "vy", "vz", "px", "py", "pz", "mass", "charge")
 UNITS = ("GeV", "m", "m", "m", "GeV", "GeV", "GeV", "MeV", "e")
@@ -109,3 +109,56 @@ class Standardizer:
         if len(mean) != N_FEATURES or len(std) != N_FEATURES:
             raise FeatureError(f"standardisation needs {N_FEATURES} means and stds; found {len(mean)} and {len(std)}")
         return cls(tuple(map(float, mean)), tuple(map(float, std)))
+
+
+DOMAIN_TOLERANCE = 0.1  # a row may exceed a trained range by this share of the range's width
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The feature ranges a model was trained on, stored in its checkpoint. A row is inside when
+    every feature lies within its range widened by DOMAIN_TOLERANCE of the range's width on each
+    side (charge -1..1 admits -1.2..1.2; a 1e30 GeV neutron is far outside)."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> "Domain":
+        arr = np.asarray(features, dtype=np.float64)
+        return cls(tuple(map(float, arr.min(0))), tuple(map(float, arr.max(0))))
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        margin = DOMAIN_TOLERANCE * (high - low)
+        return low - margin, high + margin
+
+    def outside(self, features: np.ndarray) -> np.ndarray:
+        """(N,) True for rows with any feature outside the widened ranges."""
+        low, high = self.bounds()
+        arr = np.asarray(features, dtype=np.float64)
+        return ((arr < low) | (arr > high)).any(1)
+
+    def check(self, features: np.ndarray, *, source: str = "features") -> None:
+        """Raise DomainError naming the first row outside, its feature, value and trained range."""
+        outside = self.outside(features)
+        if not outside.any():
+            return
+        row = int(np.argmax(outside))
+        low, high = self.bounds()
+        value = np.asarray(features, dtype=np.float64)[row]
+        col = int(np.argmax((value < low) | (value > high)))
+        raise DomainError(
+            f"{source}: row {row}, feature '{NAMES[col]}' is {value[col]:.6g} {UNITS[col]}, outside the range the model "
+            f"was trained on ({self.low[col]:.6g} to {self.high[col]:.6g} {UNITS[col]}, {DOMAIN_TOLERANCE:.0%} "
+            f"tolerance; {int(outside.sum())} of {len(outside)} rows outside); expected a particle within it, or ask "
+            f"for an extrapolation explicitly (extrapolate=True)")
+
+    def to_dict(self) -> dict:
+        return {"names": list(NAMES), "low": list(self.low), "high": list(self.high), "tolerance": DOMAIN_TOLERANCE}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Domain":
+        if list(data.get("names", [])) != list(NAMES):
+            raise FeatureError(f"feature ranges are for features {data.get('names')}; expected {list(NAMES)}")
+        return cls(tuple(map(float, data["low"])), tuple(map(float, data["high"])))

@@ -15,6 +15,9 @@ FACE_CM = 7.04  # side of the ZN front face
 PITCH_CM = FACE_CM / GRID  # fibre pitch, 1.6 mm
 N_CHANNELS = 5
 CHANNEL_NAMES = tuple(f"channel_{k}" for k in range(1, N_CHANNELS + 1))
+# Below this mean total, Poisson counting alone gives > 14 % relative spread: such responses
+# (particles that miss the face) measure counting statistics, not shower physics.
+MIN_MEAN_COUNTS = 50.0
 
 
 def channel_masks() -> np.ndarray:

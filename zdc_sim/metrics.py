@@ -9,17 +9,14 @@ repeats of one particle), which, unlike absolute spread, does not simply track e
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import chi2, spearmanr, wasserstein_distance
 
-from .geometry import GRID, N_CHANNELS, PITCH_CM
-from .reference import ELECTROMAGNETIC, HADRONIC, shower_class
+from .geometry import GRID, MIN_MEAN_COUNTS, N_CHANNELS, PITCH_CM
+from .species import ELECTROMAGNETIC, HADRONIC, shower_class
 
-# Below this mean total, Poisson counting alone gives > 14 % relative spread: such responses
-# (particles that miss the face) measure counting statistics, not shower physics.
-MIN_MEAN_COUNTS = 50.0
 SPREAD_FLOOR = 1e-6  # keeps log(generated / real spread) finite for a fully collapsed model
 
 
@@ -53,9 +50,6 @@ class WsReport:
     floor_channels: list[float]
     ws_floor: float
     ratio_to_floor: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def ws_against_floor(real_channels: np.ndarray, generated_channels: np.ndarray) -> WsReport:
@@ -98,9 +92,6 @@ class Selectivity:
     spread_bias: dict  # class -> median log(generated / real relative spread); 0 is faithful
     n_particles: int
     n_by_class: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def selectivity(real_totals: np.ndarray, generated_totals: np.ndarray, pdg: np.ndarray,

@@ -27,6 +27,7 @@ from scipy.special import ndtr
 
 from . import geometry
 from .features import INDEX, N_FEATURES
+from .species import EM_PDG, SPECIES
 
 # --- beam line -------------------------------------------------------------------------------
 FACE_Z_M = 112.5  # distance of the ZN front face from the interaction point
@@ -34,22 +35,6 @@ FACE_Z_M = 112.5  # distance of the ZN front face from the interaction point
 # 1 GeV m moves a 100 GeV charged pion by 1 cm and a 20 GeV electron by 5 cm (off the face).
 DEFLECTION_GEV_M = 1.0
 BEAM_GEV_PER_NUCLEON = 2510.0  # Pb-Pb at sqrt(s_NN) = 5.02 TeV
-
-# --- particle species: pdg -> (mass MeV, charge, shower class) --------------------------------
-HADRONIC, ELECTROMAGNETIC = "hadronic", "electromagnetic"
-SPECIES = {
-    2112: ("neutron", 939.565, 0, HADRONIC),
-    2212: ("proton", 938.272, 1, HADRONIC),
-    211: ("pi+", 139.570, 1, HADRONIC),
-    -211: ("pi-", 139.570, -1, HADRONIC),
-    130: ("K0L", 497.611, 0, HADRONIC),
-    321: ("K+", 493.677, 1, HADRONIC),
-    -321: ("K-", 493.677, -1, HADRONIC),
-    22: ("gamma", 0.0, 0, ELECTROMAGNETIC),
-    11: ("e-", 0.511, -1, ELECTROMAGNETIC),
-    -11: ("e+", 0.511, 1, ELECTROMAGNETIC),
-}
-EM_PDG = tuple(p for p, s in SPECIES.items() if s[3] == ELECTROMAGNETIC)
 
 # --- the particle mix the sampler draws (shares of particles) ---------------------------------
 MIX = {2112: 0.42, 2212: 0.14, 22: 0.18, 211: 0.04, -211: 0.04, 130: 0.05, 321: 0.02, -321: 0.02, 11: 0.045, -11: 0.045}
@@ -84,16 +69,6 @@ EM_CORE_CM, EM_HALO_CM, EM_HALO_SHARE = 0.15, 0.6, 0.08
 # Each shower is a sum of at most this many separable Gaussian components: core, halo, sub-showers.
 _N_COMPONENTS = 2 + SUB_SHOWER_MAX
 CHUNK_PARTICLES = 512  # generation works in fixed chunks so results depend on the seed alone
-
-
-def shower_class(pdg) -> np.ndarray:
-    """Array of HADRONIC / ELECTROMAGNETIC labels for pdg codes (unknown codes are hadronic)."""
-    pdg = np.asarray(pdg)
-    return np.where(np.isin(pdg, EM_PDG), ELECTROMAGNETIC, HADRONIC)
-
-
-def species_name(pdg: int) -> str:
-    return SPECIES[int(pdg)][0] if int(pdg) in SPECIES else f"pdg {int(pdg)}"
 
 
 def impact_point_cm(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,11 +201,11 @@ class Chunk:
     response: np.ndarray  # (m, 44, 44) float32
 
     def parts(self) -> dict[str, np.ndarray]:
-        """The chunk as the parts `io.write_dataset` takes (features, pdg, particle_id, response)."""
-        from . import io
+        """The chunk as the parts `rootio.write_dataset` takes (features, pdg, particle_id, response)."""
+        from . import rootio
 
-        return {io.FEATURES: self.features, io.PDG: self.pdg, io.PARTICLE_ID: self.particle_id,
-                io.RESPONSE: self.response}
+        return {rootio.FEATURES: self.features, rootio.PDG: self.pdg, rootio.PARTICLE_ID: self.particle_id,
+                rootio.RESPONSE: self.response}
 
 
 def generate(n_particles: int, repeats: int, seed: int, first_id: int = 0) -> Iterator[Chunk]:

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .geometry import GRID, channel_sums
-from .metrics import MIN_MEAN_COUNTS
+from .geometry import GRID, MIN_MEAN_COUNTS, channel_sums
 
 DISTANCE_EPS = 1e-2  # keeps SDI's d_z / d_x finite when two generated samples are identical
 
@@ -221,7 +220,7 @@ def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str
         images; it mostly tracks energy and whether the particle hits the face.
     relative: std / mean of the particle's total counts over its repeats, which measures how much
         its showers fluctuate whatever its energy.
-        Particles whose mean total is below metrics.MIN_MEAN_COUNTS (misses) get 0.
+        Particles whose mean total is below geometry.MIN_MEAN_COUNTS (misses) get 0.
     channels: the spread of the 5 channel sums beyond photon statistics, sqrt(max(var - mean, 0)) /
         mean, averaged over the channels: the diversity the fidelity metric sees, without the
         Poisson pixel noise that dominates the absolute weight of a small shower. Misses get 0.

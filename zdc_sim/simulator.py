@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint, features
 from .errors import ZdcError
-from .geometry import channel_sums
+from .geometry import SHAPE, channel_sums
 from .models import Generator, ModelConfig
 
 DEFAULT_BATCH = 4096  # rows per forward pass on CUDA
@@ -72,6 +72,8 @@ class Simulator:
         self.standardizer = standardizer
         self.bf16, self.batch_size = bf16, batch_size
         self.metadata = metadata or {}
+        ranges = self.metadata.get("feature_ranges")
+        self.domain = features.Domain.from_dict(ranges) if ranges else None  # None: checkpoints before ranges
         # Compiled graphs are specialised to a shape: batches are padded up to a few fixed buckets
         # (powers of two up to batch_size), so a server compiles each bucket once, at warm-up.
         self.buckets = bucket_sizes(batch_size) if compile else None
@@ -115,15 +117,31 @@ class Simulator:
         return self.generator.config.random_dim
 
     @torch.inference_mode()
-    def simulate(self, particle_features, seed: int | None = None) -> Simulation:
+    def simulate(self, particle_features, seed: int | None = None, *, extrapolate: bool = False) -> Simulation:
         """Simulate one response per row of `particle_features` (N, 9).
+
+        Rows outside the feature ranges the model was trained on raise DomainError naming the row,
+        feature, value and range, unless `extrapolate` asks for the model's guess there.
 
         Latents are drawn up front on the CPU from `seed` (see `latents`), so a seed gives the same
         responses whatever the batch size, and the first k rows of N particles get the same
         responses as those k particles alone (up to float rounding of batched kernels).
         """
         raw = features.validate(particle_features)
+        if not extrapolate:
+            self.check_domain(raw)
         return self.simulate_latents(raw, self.latents(len(raw), seed))
+
+    def outside_domain(self, raw_features: np.ndarray) -> np.ndarray:
+        """(N,) True for rows outside the trained feature ranges (all False without recorded ranges)."""
+        if self.domain is None:
+            return np.zeros(len(raw_features), bool)
+        return self.domain.outside(raw_features)
+
+    def check_domain(self, raw_features: np.ndarray, source: str = "features") -> None:
+        """DomainError for the first row outside the trained feature ranges."""
+        if self.domain is not None:
+            self.domain.check(raw_features, source=source)
 
     def latents(self, n: int, seed: int | None = None, start: int = 0) -> np.ndarray:
         """The (n, random_dim) float32 random inputs (latent, then photon noise) of rows start ..
@@ -147,7 +165,7 @@ class Simulator:
         dynamic batcher, export) run many seeded requests in one pass with the same results."""
         z = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
         x = torch.from_numpy(self.standardizer.transform(raw_features))
-        counts = np.empty((len(raw_features), 44, 44), np.float32)
+        counts = np.empty((len(raw_features), *SHAPE), np.float32)
         for start in range(0, len(raw_features), self.batch_size):
             stop = start + self.batch_size
             counts[start:stop] = self._counts(z[start:stop], x[start:stop]).cpu().numpy()

@@ -7,16 +7,16 @@ from collections import Counter
 
 import numpy as np
 
-from . import geometry, io, metrics, reference
+from . import geometry, rootio, metrics, reference, species
 
 
-def summarize(path, schema: io.Schema = io.Schema()) -> dict:
+def summarize(path, schema: rootio.Schema = rootio.Schema()) -> dict:
     ids, pdgs, channels, hits = [], [], [], []
-    for chunk in io.iterate(path, schema):
-        ids.append(chunk[io.PARTICLE_ID])
-        pdgs.append(chunk[io.PDG])
-        channels.append(geometry.channel_sums(chunk[io.RESPONSE]).astype(np.float32))
-        hits.append(reference.hits_face(chunk[io.FEATURES]))
+    for chunk in rootio.iterate(path, schema):
+        ids.append(chunk[rootio.PARTICLE_ID])
+        pdgs.append(chunk[rootio.PDG])
+        channels.append(geometry.channel_sums(chunk[rootio.RESPONSE]).astype(np.float32))
+        hits.append(reference.hits_face(chunk[rootio.FEATURES]))
     particle_id, pdg = np.concatenate(ids), np.concatenate(pdgs)
     channels, hit = np.concatenate(channels), np.concatenate(hits)
     totals = channels.sum(axis=1, dtype=np.float64)
@@ -35,7 +35,7 @@ def summarize(path, schema: io.Schema = io.Schema()) -> dict:
         "median_total_miss": float(np.median(totals[~hit])) if (~hit).any() else None,
     }
     first = np.unique(particle_id, return_index=True)[1]
-    out["particles_by_type"] = {reference.species_name(p): n for p, n in Counter(pdg[first].tolist()).most_common()}
+    out["particles_by_type"] = {species.species_name(p): n for p, n in Counter(pdg[first].tolist()).most_common()}
 
     spread = {}
     try:
@@ -51,15 +51,15 @@ def summarize(path, schema: io.Schema = io.Schema()) -> dict:
     for code in codes[np.argsort(-counts, kind="stable")]:
         sel = (types == code) & hit_p
         if sel.any():
-            spread[reference.species_name(code)] = {"particles_hit": int(sel.sum()), "median": float(np.median(rs[sel]))}
-    classes = reference.shower_class(types)
-    for cls in (reference.HADRONIC, reference.ELECTROMAGNETIC):
+            spread[species.species_name(code)] = {"particles_hit": int(sel.sum()), "median": float(np.median(rs[sel]))}
+    classes = species.shower_class(types)
+    for cls in (species.HADRONIC, species.ELECTROMAGNETIC):
         sel = (classes == cls) & hit_p
         if sel.any():
             spread[cls] = {"particles_hit": int(sel.sum()), "median": float(np.median(rs[sel]))}
     out["median_relative_spread"] = spread
-    if reference.HADRONIC in spread and reference.ELECTROMAGNETIC in spread:
-        out["hadronic_to_em_spread_ratio"] = spread[reference.HADRONIC]["median"] / spread[reference.ELECTROMAGNETIC]["median"]
+    if species.HADRONIC in spread and species.ELECTROMAGNETIC in spread:
+        out["hadronic_to_em_spread_ratio"] = spread[species.HADRONIC]["median"] / spread[species.ELECTROMAGNETIC]["median"]
     return out
 
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import uproot
 
-from zdc_sim import cli, io
+from zdc_sim import cli, rootio
 from zdc_sim import features as F
 from zdc_sim.errors import RootFileError
 
 
 def raw_branches(parts, response=None):
     """Standard-schema branches written with plain uproot, so tests can build broken files."""
-    out = io.flatten_parts(parts)
+    out = rootio.flatten_parts(parts)
     if response is not None:
         out["response"] = response
     return out
@@ -32,14 +32,14 @@ def leftovers(folder, keep):
 
 def test_round_trip_preserves_every_column(tmp_path, tiny_parts):
     path = tmp_path / "d.root"
-    assert io.write_dataset(path, [tiny_parts], provenance={"seed": 3}) == len(tiny_parts["pdg"])
-    chunks = list(io.iterate(path, step_size=50))
+    assert rootio.write_dataset(path, [tiny_parts], provenance={"seed": 3}) == len(tiny_parts["pdg"])
+    chunks = list(rootio.iterate(path, step_size=50))
     assert [len(c["pdg"]) for c in chunks] == [50, 50, 50, 10]
     for part, values in tiny_parts.items():
         got = np.concatenate([c[part] for c in chunks])
         assert got.dtype == values.dtype
         np.testing.assert_array_equal(got, values)
-    assert io.read_provenance(path) == {"seed": 3}
+    assert rootio.read_provenance(path) == {"seed": 3}
     assert leftovers(tmp_path, {"d.root"}) == []
 
 
@@ -54,26 +54,26 @@ def test_written_file_is_a_plain_ttree(tiny_file):
 
 
 def test_reading_only_some_parts(tiny_file, tiny_parts):
-    chunk = next(io.iterate(tiny_file, parts=(io.FEATURES, io.PDG)))
-    assert set(chunk) == {io.FEATURES, io.PDG}
-    np.testing.assert_array_equal(chunk[io.FEATURES], tiny_parts[io.FEATURES])
+    chunk = next(rootio.iterate(tiny_file, parts=(rootio.FEATURES, rootio.PDG)))
+    assert set(chunk) == {rootio.FEATURES, rootio.PDG}
+    np.testing.assert_array_equal(chunk[rootio.FEATURES], tiny_parts[rootio.FEATURES])
 
 
 def test_branch_map_reads_other_names(tmp_path, tiny_parts):
     renamed = {("E" if k == "energy" else "img" if k == "response" else k): v for k, v in raw_branches(tiny_parts).items()}
     path = write_raw(tmp_path / "other.root", renamed, tree="events")
-    schema = io.Schema.from_branch_map({"tree": "events", "branches": {"energy": "E", "response": "img"}})
-    chunk = next(io.iterate(path, schema))
-    np.testing.assert_array_equal(chunk[io.RESPONSE], tiny_parts[io.RESPONSE])
+    schema = rootio.Schema.from_branch_map({"tree": "events", "branches": {"energy": "E", "response": "img"}})
+    chunk = next(rootio.iterate(path, schema))
+    np.testing.assert_array_equal(chunk[rootio.RESPONSE], tiny_parts[rootio.RESPONSE])
     with pytest.raises(ValueError, match="unknown keys"):
-        io.Schema.from_branch_map({"branches": {"enrgy": "E"}})
+        rootio.Schema.from_branch_map({"branches": {"enrgy": "E"}})
 
 
 def test_jagged_response_of_1936_values_is_accepted(tmp_path, tiny_parts):
-    flat = ak.Array(list(tiny_parts[io.RESPONSE].reshape(len(tiny_parts["pdg"]), -1)))
+    flat = ak.Array(list(tiny_parts[rootio.RESPONSE].reshape(len(tiny_parts["pdg"]), -1)))
     path = write_raw(tmp_path / "jagged.root", raw_branches(tiny_parts, ak.values_astype(flat, np.float32)))
-    chunk = next(io.iterate(path))
-    np.testing.assert_array_equal(chunk[io.RESPONSE], tiny_parts[io.RESPONSE])
+    chunk = next(rootio.iterate(path))
+    np.testing.assert_array_equal(chunk[rootio.RESPONSE], tiny_parts[rootio.RESPONSE])
 
 
 # --- every bad-file case: the error names what was wrong, and a conversion writes nothing --------
@@ -92,7 +92,7 @@ def text_file(path):
 
 def bad_files():
     def with_nan(parts):
-        response = parts[io.RESPONSE].copy()
+        response = parts[rootio.RESPONSE].copy()
         response[5, 3, 4] = np.nan
         return raw_branches(parts, response)
 
@@ -108,13 +108,13 @@ def bad_files():
         return branches
 
     def narrow(parts):
-        return raw_branches(parts, np.ascontiguousarray(parts[io.RESPONSE][:, :, :43]))
+        return raw_branches(parts, np.ascontiguousarray(parts[rootio.RESPONSE][:, :, :43]))
 
     def double(parts):
-        return raw_branches(parts, parts[io.RESPONSE].astype(np.float64))
+        return raw_branches(parts, parts[rootio.RESPONSE].astype(np.float64))
 
     def short_jagged(parts):
-        values = [r.ravel() for r in parts[io.RESPONSE]]
+        values = [r.ravel() for r in parts[rootio.RESPONSE]]
         values[3] = values[3][:100]
         return raw_branches(parts, ak.values_astype(ak.Array(values), np.float32))
 
@@ -145,7 +145,7 @@ def test_bad_file_raises_named_error_and_writes_nothing(case, tmp_path, tiny_fil
     bad = make(tmp_path, tiny_file, tiny_parts)
     before = set(p.name for p in tmp_path.iterdir())
     with pytest.raises(RootFileError) as err:
-        for _ in io.iterate(bad, step_size=64):
+        for _ in rootio.iterate(bad, step_size=64):
             pass
     for word in words:
         assert word in str(err.value), (word, str(err.value))
@@ -161,7 +161,7 @@ def test_bad_file_raises_named_error_and_writes_nothing(case, tmp_path, tiny_fil
 
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(RootFileError, match="no such file: file '.*nothere.root'"):
-        next(io.iterate(tmp_path / "nothere.root"))
+        next(rootio.iterate(tmp_path / "nothere.root"))
 
 
 def test_corrupt_basket_is_reported(tmp_path, tiny_file):
@@ -172,23 +172,23 @@ def test_corrupt_basket_is_reported(tmp_path, tiny_file):
     path = tmp_path / "corrupt.root"
     path.write_bytes(bytes(data))
     with pytest.raises(RootFileError, match="truncated or corrupt file.*zlib.error.*decompressing"):
-        for _ in io.iterate(path):
+        for _ in rootio.iterate(path):
             pass
 
 
 def test_writer_leaves_nothing_when_a_chunk_is_bad(tmp_path, tiny_parts):
     bad = dict(tiny_parts)
-    bad[io.RESPONSE] = tiny_parts[io.RESPONSE].copy()
-    bad[io.RESPONSE][0, 0, 0] = np.inf
+    bad[rootio.RESPONSE] = tiny_parts[rootio.RESPONSE].copy()
+    bad[rootio.RESPONSE][0, 0, 0] = np.inf
     path = tmp_path / "out.root"
     with pytest.raises(RootFileError, match="non-finite values.*branch 'response'"):
-        io.write_dataset(path, [tiny_parts, bad])
+        rootio.write_dataset(path, [tiny_parts, bad])
     assert leftovers(tmp_path, set()) == []
 
 
 def test_writer_keeps_the_previous_file_when_interrupted(tmp_path, tiny_parts):
     path = tmp_path / "out.root"
-    io.write_dataset(path, [tiny_parts])
+    rootio.write_dataset(path, [tiny_parts])
     before = path.read_bytes()
 
     def chunks():
@@ -196,35 +196,35 @@ def test_writer_keeps_the_previous_file_when_interrupted(tmp_path, tiny_parts):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        io.write_dataset(path, chunks())
+        rootio.write_dataset(path, chunks())
     assert path.read_bytes() == before and leftovers(tmp_path, {"out.root"}) == []
 
 
 def test_writer_rejects_wrong_shapes_and_branches(tmp_path, tiny_parts):
-    types = io.dataset_branch_types()
-    branches = io.flatten_parts(tiny_parts)
+    types = rootio.dataset_branch_types()
+    branches = rootio.flatten_parts(tiny_parts)
     with pytest.raises(RootFileError, match="wrong shape.*branch 'response'.*shape \\(44, 44\\)"):
-        with io.RootWriter(tmp_path / "a.root", types) as w:
+        with rootio.RootWriter(tmp_path / "a.root", types) as w:
             w.write({**branches, "response": branches["response"][:, :40]})
     with pytest.raises(RootFileError, match="wrong branches"):
-        with io.RootWriter(tmp_path / "b.root", types) as w:
+        with rootio.RootWriter(tmp_path / "b.root", types) as w:
             w.write({k: v for k, v in branches.items() if k != "pdg"})
     assert leftovers(tmp_path, set()) == []
 
 
 def test_writer_fills_baskets_of_the_requested_size(tmp_path, tiny_parts):
     path = tmp_path / "baskets.root"
-    with io.RootWriter(path, io.dataset_branch_types(), basket_entries=100) as w:
+    with rootio.RootWriter(path, rootio.dataset_branch_types(), basket_entries=100) as w:
         for start in range(0, 160, 10):
-            w.write({k: v[start : start + 10] for k, v in io.flatten_parts(tiny_parts).items()})
+            w.write({k: v[start : start + 10] for k, v in rootio.flatten_parts(tiny_parts).items()})
     with uproot.open(path) as f:
         assert f["zdc"]["energy"].num_baskets == 2  # 100 + 60, not 16 small baskets
 
 
 def test_validation_matches_the_features_module(tmp_path, tiny_parts):
     parts = dict(tiny_parts)
-    parts[io.FEATURES] = tiny_parts[io.FEATURES].copy()
-    parts[io.FEATURES][2, F.INDEX["energy"]] = -1.0
+    parts[rootio.FEATURES] = tiny_parts[rootio.FEATURES].copy()
+    parts[rootio.FEATURES][2, F.INDEX["energy"]] = -1.0
     path = write_raw(tmp_path / "neg.root", raw_branches(parts))
     with pytest.raises(RootFileError, match="row 2, feature 'energy'.*energy > 0"):
-        next(io.iterate(path))
+        next(rootio.iterate(path))

@@ -2,14 +2,12 @@
 
 Everything in the project that touches a ROOT file goes through here, so every bad file ends in a
 `RootFileError` that names the file, tree and branch, and every written file appears whole or not
-at all (temporary file in the same folder, renamed when complete).
+at all (`atomic.atomic_output`: temporary file in the same folder, renamed when complete).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import uproot
 from uproot.deserialization import DeserializationError
 
 from . import features as feat
+from .atomic import atomic_output
 from .errors import FeatureError, RootFileError, ZdcError
 from .geometry import GRID, SHAPE
 
@@ -32,7 +31,7 @@ READ_STEP_ENTRIES = 4096  # entries per chunk when reading: about 32 MB of respo
 WRITE_BASKET_ENTRIES = 16384  # entries per basket when writing (>= 64 kB for scalar branches)
 RESPONSE_TYPE = np.dtype((np.float32, SHAPE))
 COMPRESSIONS = {"zlib": uproot.ZLIB, "lzma": uproot.LZMA, "lz4": uproot.LZ4, "zstd": uproot.ZSTD}
-DEFAULT_COMPRESSION = "zlib:1"  # uproot's default; reference-MC counts (integers) shrink 5.8x
+DATASET_COMPRESSION = "zlib:1"  # uproot's default; reference-MC counts (integers) shrink 5.8x
 
 
 @dataclass(frozen=True)
@@ -258,23 +257,29 @@ class RootWriter:
 
     def __init__(self, path, branch_types: Mapping[str, np.dtype], tree: str = TREE,
                  objects: Mapping[str, str] | None = None, basket_entries: int = WRITE_BASKET_ENTRIES,
-                 partial: Path | None = None, compression: str = DEFAULT_COMPRESSION):
+                 partial: Path | None = None, compression: str = DATASET_COMPRESSION):
         self.path = Path(path)
         self.compression = parse_compression(compression)
         self.types = {name: np.dtype(t) for name, t in branch_types.items()}
         self.tree_name, self.objects, self.basket_entries = tree, dict(objects or {}), basket_entries
-        self.keep_on_interrupt = partial is not None
-        self.tmp = Path(partial) if partial is not None else self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.partial = None if partial is None else Path(partial)
         self.entries = 0
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered = 0
-        self._file = self._tree = None
+        self._file = self._tree = self._output = None
 
     def __enter__(self) -> "RootWriter":
         if not self.path.parent.is_dir():
             raise RootFileError("output folder does not exist", file=self.path, expected="an existing folder")
-        self._file = uproot.recreate(self.tmp, compression=self.compression)
-        self._tree = self._file.mktree(self.tree_name, self.types)
+        keep_on = (KeyboardInterrupt,) if self.partial is not None else ()
+        self._output = atomic_output(self.path, self.partial, keep_on=keep_on)
+        self.tmp = self._output.__enter__()
+        try:
+            self._file = uproot.recreate(self.tmp, compression=self.compression)
+            self._tree = self._file.mktree(self.tree_name, self.types)
+        except BaseException as exc:
+            self._output.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     def write(self, chunk: Mapping[str, np.ndarray]) -> None:
@@ -310,23 +315,21 @@ class RootWriter:
         self._buffer, self._buffered = [], 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        complete = False
-        try:
-            if exc_type is None:
+        error = exc
+        if exc is None:
+            try:
                 self._flush()
                 for name, text in self.objects.items():
                     self._file[name] = text
-                complete = True
-        finally:
-            self._file.close()
-            if complete:
-                os.replace(self.tmp, self.path)
-            elif not (self.keep_on_interrupt and exc_type is KeyboardInterrupt):
-                self.tmp.unlink(missing_ok=True)
-
-    def set_object(self, name: str, text: str) -> None:
-        """Store a string (a TObjString, e.g. JSON provenance) beside the tree when the file closes."""
-        self.objects[name] = text
+            except BaseException as failure:
+                error = failure
+        self._file.close()
+        if error is None:
+            self._output.__exit__(None, None, None)  # flushed to disk and renamed over `path`
+            return
+        self._output.__exit__(type(error), error, error.__traceback__)  # removed (or kept as the partial file)
+        if error is not exc:
+            raise error
 
 
 def write_dataset(path, chunks: Iterable[Mapping[str, np.ndarray]], schema: Schema = Schema(),
@@ -337,6 +340,20 @@ def write_dataset(path, chunks: Iterable[Mapping[str, np.ndarray]], schema: Sche
         for chunk in chunks:
             writer.write(flatten_parts(chunk, schema))
     return writer.entries
+
+
+def read_partial(path, tree: str, entries: int) -> dict[str, np.ndarray]:
+    """The first `entries` entries of every branch of an output an interrupted job left (uproot
+    leaves it readable after every basket), as written: {branch: array}."""
+    with uproot.open(path) as file:
+        arrays = file[tree].arrays(library="np", entry_stop=entries)
+    return {name: np.asarray(values) for name, values in arrays.items()}
+
+
+def partial_entries(path, tree: str) -> int:
+    """Complete entries in an output an interrupted job left."""
+    with uproot.open(path) as file:
+        return int(file[tree].num_entries)
 
 
 def read_provenance(path) -> dict | None:

@@ -1,0 +1,125 @@
+"""The native routes: health, metrics, the served model, POST /v1/simulate (JSON or .npy in, JSON
+or binary out) and POST /v1/export (ROOT in, ROOT out)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from zdc_sim import features, rootio
+from zdc_sim.errors import ZdcError
+from zdc_sim.export import export_file
+
+from .encoding import NPY, OCTET, binary_response, npy_features, read_body, request_features
+from .errors import ServiceError, validation_message
+from .schemas import Output, SimulateRequest, check_seed
+from .state import ServiceState
+
+
+def router(state: ServiceState) -> APIRouter:
+    api = APIRouter()
+    settings = state.settings
+
+    @api.get("/health/live", summary="200 while the process serves HTTP")
+    async def live():
+        return {"status": "live"}
+
+    @api.get("/health/ready", summary="200 once the model is loaded and warmed up, else 503")
+    async def ready():
+        if state.ready_status != 200:
+            return JSONResponse({"status": "loading"}, state.ready_status, headers={"Retry-After": "1"})
+        return {"status": "ready", "model": settings.model_name, "model_version": state.version}
+
+    @api.get("/metrics", summary="Prometheus metrics")
+    async def metrics():
+        if state.metrics is None:
+            return Response("", media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/v1/models", summary="the served model")
+    async def models():
+        sim = state.simulator
+        meta = sim.metadata if sim else {}
+        return {"model": settings.model_name, "model_version": state.version, "checksum": meta.get("checksum"),
+                "device": str(sim.device) if sim else None,
+                "features": list(features.NAMES), "units": list(features.UNITS),
+                "feature_ranges": meta.get("feature_ranges"),
+                "max_particles_per_request": settings.max_particles_per_request,
+                "training": meta.get("training"), "validation": meta.get("validation")}
+
+    @api.post("/v1/simulate", summary="simulate ZN responses for a batch of particles",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": SimulateRequest.model_json_schema()},
+                  NPY: {"schema": {"type": "string", "format": "binary"}}}}})
+    async def simulate(request: Request, seed: int | None = None, output: Output = "both", extrapolate: bool = False):
+        """JSON {"particles": [[9 floats], ...]} or {"columns": {...}}, or an .npy (N, 9) body with
+        Content-Type application/x-npy (seed, output and extrapolate then come from the query).
+        Answers JSON, or with Accept application/octet-stream (raw little-endian float32) or
+        application/x-npy the tensors in binary, their names, dtype and shapes in the X-Tensors
+        header. Particles outside the model's trained feature ranges are refused (422) unless
+        extrapolate is true."""
+        seed = check_seed(seed, "query 'seed'")
+        body = await read_body(request, settings.max_request_bytes)
+        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        if content_type == NPY:
+            raw, source = npy_features(body), "body"
+        elif content_type in ("application/json", ""):
+            try:
+                req = SimulateRequest.model_validate_json(body)
+            except ValidationError as exc:
+                raise ServiceError(422, validation_message(exc)) from None
+            raw, seed, output, extrapolate = request_features(req), req.seed, req.output, req.extrapolate
+            source = "particles" if req.particles is not None else "columns"
+        else:
+            raise ServiceError(415, f"Content-Type '{content_type}'; expected application/json or {NPY}")
+        sim = await state.simulate(raw, seed, extrapolate, source)
+        headers = {"X-Seed": str(seed)} if seed is not None else {}
+        accept = request.headers.get("accept", "application/json").split(",")[0].split(";")[0].strip()
+        if accept in (NPY, OCTET):
+            return binary_response(sim, output, accept, headers)
+        answer = {"model": settings.model_name, "model_version": state.version, "seed": seed, "particles": len(raw)}
+        if output in ("responses", "both"):
+            answer["responses"] = sim.counts.tolist()
+        if output in ("channels", "both"):
+            answer["channels"] = sim.channels.tolist()
+        return JSONResponse(answer, headers=headers)
+
+    @api.post("/v1/export", summary="upload a ROOT file of particles, receive a ROOT file of responses",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  OCTET: {"schema": {"type": "string", "format": "binary"}}}}},
+              response_class=Response, responses={200: {"content": {OCTET: {}}}})
+    async def export_route(request: Request, seed: int | None = None, channels_only: bool = False,
+                           tree: str = rootio.TREE):
+        """The body is the ROOT file (at most max_export_bytes); the answer is the `zdc-sim export`
+        output for it: the particle branches, `response` (unless channels_only), channel_1..5, the
+        out_of_domain flags and the provenance. Simulated through the same batcher as /v1/simulate."""
+        seed = check_seed(seed, "query 'seed'")
+        state.require_ready()  # before reading an upload of up to max_export_bytes
+        body = await read_body(request, settings.max_export_bytes)
+        loop = asyncio.get_running_loop()
+
+        def simulate(raw, latents):  # runs in the export thread; the batcher owns the model
+            return asyncio.run_coroutine_threadsafe(state.batcher.simulate(raw, latents), loop).result()
+
+        def run(folder: str) -> bytes:
+            source, target = Path(folder) / "upload.root", Path(folder) / "export.root"
+            source.write_bytes(body)
+            try:
+                export_file(source, target, state.simulator, seed=seed, schema=rootio.Schema(tree=tree), tree=tree,
+                            channels_only=channels_only, progress=False, simulate=simulate,
+                            chunk_size=settings.max_batch_size)
+            except ZdcError as exc:  # name the upload, not the server's temporary path
+                raise ZdcError(str(exc).replace(str(source), "uploaded file")) from None
+            return target.read_bytes()
+
+        with tempfile.TemporaryDirectory(prefix="zdc-export-") as folder:
+            data = await asyncio.to_thread(run, folder)
+        return Response(data, media_type=OCTET, headers={"Content-Disposition": 'attachment; filename="export.root"'})
+
+    return api

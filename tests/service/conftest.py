@@ -1,0 +1,41 @@
+"""Shared by the service tests: an app on the tiny model (in process) and a real uvicorn server."""
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from bench.harness import Server
+from service import Settings, create_app
+
+PARTICLE = [2500.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2500.0, 939.6, 0.0]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_checkpoint):
+    settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu", max_batch_size=32,
+                        max_particles_per_request=100, max_request_bytes=200_000)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint):
+    """`zdc-sim serve` in a subprocess (request bodies limited to 16 MiB); yields it running."""
+    served = Server("--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                    env={"ZDC_SIM_MAX_REQUEST_BYTES": str(16 << 20)})
+    with served.running():
+        yield served
+    # uvicorn drains, then re-raises the SIGTERM it caught, so the exit status names the signal
+    assert served.returncode in (0, -15)
+
+
+def infer_body(n=2, seed=3, binary=True):
+    feats = np.array([PARTICLE] * n, np.float32)
+    head = {"inputs": [{"name": "FEATURES", "shape": [n, 9], "datatype": "FP32",
+                        "parameters": {"binary_data_size": feats.nbytes}},
+                       {"name": "SEED", "shape": [1], "datatype": "INT64", "data": [seed]}],
+            "outputs": [{"name": "CHANNELS", "parameters": {"binary_data": binary}}]}
+    head = json.dumps(head).encode()
+    return head + feats.tobytes(), {"Inference-Header-Content-Length": str(len(head))}

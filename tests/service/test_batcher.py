@@ -1,0 +1,73 @@
+import asyncio
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from service import Settings, create_app
+from service.batcher import DynamicBatcher
+from zdc_sim import features, reference
+from zdc_sim.simulator import Simulator
+
+from .conftest import PARTICLE, infer_body
+
+
+def _small_simulator(path):
+    return Simulator.load(path, device="cpu", batch_size=8)
+
+
+def test_batching_coalesces_splits_and_keeps_seeded_outputs(tiny_checkpoint):
+    sim = _small_simulator(tiny_checkpoint)
+    feats = features.validate(reference.sample_particles(24, np.random.default_rng(1))[0])
+    slices = [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 12), slice(12, 24)]  # the last is split: 8 + 4
+    alone = [sim.simulate(feats[s], seed=i).channels for i, s in enumerate(slices)]
+    batches = []
+
+    async def run(enabled):
+        batcher = DynamicBatcher(sim, max_batch_size=8, max_queue_delay_ms=50, max_queue_particles=100,
+                                 enabled=enabled, observe=lambda batch, **kw: batches.append(batch))
+        batcher.start()
+        results = await asyncio.gather(*(batcher.simulate(feats[s], sim.latents(s.stop - s.start, i))
+                                         for i, s in enumerate(slices)))
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(run(True))
+    assert sum(batches) == 24 and max(batches) <= 8 and len(batches) < 6  # coalesced, never above the max
+    for got, want in zip(results, alone):
+        np.testing.assert_allclose(got.channels, want, rtol=1e-5)
+    assert results[-1].channels.shape == (12, 5)
+    batches.clear()
+    asyncio.run(run(False))
+    assert batches == [3, 3, 3, 3, 8, 4]
+
+
+def test_stopping_the_batcher_finishes_what_is_queued(tiny_checkpoint):
+    sim = _small_simulator(tiny_checkpoint)
+    feats = features.validate(reference.sample_particles(40, np.random.default_rng(2))[0])
+
+    async def run():
+        batcher = DynamicBatcher(sim, max_batch_size=4, max_queue_delay_ms=20, max_queue_particles=100)
+        batcher.start()
+        tasks = [asyncio.ensure_future(batcher.simulate(feats[i : i + 10], sim.latents(10, i))) for i in range(0, 40, 10)]
+        await asyncio.sleep(0)  # the requests are queued, none is done
+        await batcher.stop()
+        return [t.result() for t in tasks]
+
+    assert [r.channels.shape for r in asyncio.run(run())] == [(10, 5)] * 4
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint, tmp_path):
+    from tests.test_export import write_particles
+
+    write_particles(tmp_path / "in.root", n=11)
+    settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu", max_queue_particles=10)
+    with TestClient(create_app(settings)) as c:
+        body, headers = infer_body(n=11)
+        answers = [c.post("/v1/simulate", json={"particles": [PARTICLE] * 11}),
+                   c.post("/v2/models/zdc-zn/infer", content=body, headers=headers),
+                   c.post("/v1/export", content=(tmp_path / "in.root").read_bytes())]
+        for r in answers:
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.url
+            assert "Exceeds maximum queue size" in r.json()["error"]
+
+

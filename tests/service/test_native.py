@@ -1,0 +1,122 @@
+import io
+
+import numpy as np
+import pytest
+
+from zdc_sim import features, geometry
+from zdc_sim.simulator import Simulator
+
+from .conftest import PARTICLE
+
+
+def test_health_and_metadata(client):
+    assert client.get("/health/live").status_code == 200
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["model"] == "zdc-zn"
+    version = ready.json()["model_version"]
+    assert len(version) == 12 and ready.headers["x-model-version"] == version
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2/health/ready").status_code == 200 and client.get("/v2/health/live").status_code == 200
+    meta = client.get("/v2/models/zdc-zn").json()
+    assert meta["versions"] == [version] and meta["inputs"][0] == {"name": "FEATURES", "datatype": "FP32", "shape": [-1, 9]}
+    assert client.get(f"/v2/models/zdc-zn/versions/{version}/ready").status_code == 200
+    assert client.get("/v2/models/zdc-zn/config").json()["max_batch_size"] == 0
+    missing = client.get("/v2/models/other")
+    assert missing.status_code == 404 and "expected 'zdc-zn'" in missing.json()["error"]
+    assert client.get("/v2/models/zdc-zn/versions/0/ready").status_code == 404
+    assert client.get("/v1/models").json()["features"] == list(features.NAMES)
+
+
+def test_simulate_json_rows_columns_and_seed(client):
+    rows = client.post("/v1/simulate", json={"particles": [PARTICLE, PARTICLE], "seed": 7}).json()
+    assert rows["model"] == "zdc-zn" and rows["particles"] == 2
+    counts = np.array(rows["responses"], np.float32)
+    assert counts.shape == (2, 44, 44) and (counts >= 0).all()
+    np.testing.assert_allclose(np.array(rows["channels"]), geometry.channel_sums(counts), rtol=1e-5)
+    columns = {name: [PARTICLE[i]] * 2 for i, name in enumerate(features.NAMES)}
+    by_column = client.post("/v1/simulate", json={"columns": columns, "seed": 7, "output": "channels"}).json()
+    assert by_column["channels"] == rows["channels"] and "responses" not in by_column
+    other = client.post("/v1/simulate", json={"particles": [PARTICLE, PARTICLE], "seed": 8, "output": "channels"}).json()
+    assert other["channels"] != rows["channels"]
+
+
+def test_simulate_binary_in_and_out(client):
+    expected = client.post("/v1/simulate", json={"particles": [PARTICLE] * 3, "seed": 5}).json()
+    raw = client.post("/v1/simulate", json={"particles": [PARTICLE] * 3, "seed": 5},
+                      headers={"Accept": "application/octet-stream"})
+    assert raw.headers["x-tensors"] == "responses:float32:3,44,44;channels:float32:3,5"
+    body = np.frombuffer(raw.content, "<f4")
+    np.testing.assert_array_equal(body[: 3 * 1936].reshape(3, 44, 44), np.array(expected["responses"], np.float32))
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([PARTICLE] * 3, np.float32))
+    npy = client.post("/v1/simulate?seed=5&output=both", content=buffer.getvalue(),
+                      headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+    f = io.BytesIO(npy.content)
+    responses, channels = np.load(f), np.load(f)
+    np.testing.assert_array_equal(channels, np.array(expected["channels"], np.float32))
+    assert responses.shape == (3, 44, 44)
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ('{"particles": [[2500, 0, 0, 0, 0, 0, 2500, 939.6, NaN]]}', 422, "feature 'charge'"),
+    ('{"particles": [[2500, 0, 0, 0, 0, 0, 2500, 939.6, Infinity]]}', 422, "feature 'charge'"),
+    ('{"particles": [[1, 2, 3]]}', 422, "shape (N, 9)"),
+    ('{"particles": [[-5, 0, 0, 0, 0, 0, 2500, 939.6, 0]]}', 422, "row 0, feature 'energy'"),
+    ('{"particles": [[2500, 0, 0, 0, 0, 0, 2500, 939.6, 0]], "output": "pixels"}', 422, "field 'output'"),
+    ('{"particles": "abc"}', 422, "field 'particles'"),
+    ('{}', 422, "exactly one of 'particles'"),
+    ('{"particles": [[2500, 0, 0, 0, 0, 0, 2500, 939.6, 0]], "seed": -1}', 422, "field 'seed'"),
+    ('{"columns": {"energy": [1]}}', 422, "missing ['vx'"),
+    ('not json', 422, "Invalid JSON"),
+    ('{"particles": []}', 422, "found shape (0,)"),
+])
+def test_bad_requests_get_4xx_naming_the_problem(client, body, status, words):
+    r = client.post("/v1/simulate", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_limits_413_and_415(client):
+    r = client.post("/v1/simulate", json={"particles": [PARTICLE] * 101})
+    assert r.status_code == 413 and "at most 100 per request" in r.json()["error"]
+    r = client.post("/v1/simulate", content=b"x" * 300_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "at most 200000" in r.json()["error"]
+    r = client.post("/v1/simulate", content=b"a,b", headers={"Content-Type": "text/csv"})
+    assert r.status_code == 415
+    r = client.post("/v1/simulate", content=b"\x93NUMPY junk", headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 422 and "not a readable .npy" in r.json()["error"]
+
+
+def test_metrics_count_requests_batches_and_particles(client):
+    client.post("/v1/simulate", json={"particles": [PARTICLE] * 4, "seed": 1})
+    client.post("/v1/simulate", json={"particles": [[1.0]]})
+    text = client.get("/metrics").text
+    assert 'zdc_requests_total{code="200",route="/v1/simulate"}' in text
+    assert "zdc_batch_size_bucket" in text and "zdc_queue_duration_seconds_count" in text
+    particles = [l for l in text.splitlines() if l.startswith("zdc_particles_simulated_total")]
+    assert float(particles[0].split()[-1]) >= 4
+    assert 'zdc_request_failures_total{code="422",route="/v1/simulate"}' in text
+    pending = [l for l in text.splitlines() if l.startswith("zdc_pending_particles{")]
+    assert len(pending) == 1 and float(pending[0].split()[-1]) == 0.0  # nothing queued between requests
+
+
+
+def test_export_route_round_trip_and_bad_upload(client, tmp_path):
+    import uproot
+
+    from zdc_sim import export
+
+    from tests.test_export import write_particles
+
+    write_particles(tmp_path / "in.root", n=40)
+    r = client.post("/v1/export?seed=3", content=(tmp_path / "in.root").read_bytes())
+    assert r.status_code == 200 and r.headers["x-model-version"]
+    (tmp_path / "got.root").write_bytes(r.content)
+    sim = Simulator.load(client.app.state.zdc.settings.checkpoint, device="cpu")
+    export.export_file(tmp_path / "in.root", tmp_path / "local.root", sim, seed=3, progress=False)
+    with uproot.open(tmp_path / "got.root") as got, uproot.open(tmp_path / "local.root") as local:
+        np.testing.assert_allclose(got["zdc"]["response"].array(library="np"),
+                                   local["zdc"]["response"].array(library="np"), rtol=1e-5)
+    bad = client.post("/v1/export", content=b"junk" * 100)
+    assert bad.status_code == 422 and "uploaded file" in bad.json()["error"] and "zdc-export-" not in bad.json()["error"]
+    big = client.post("/v1/export", content=b"0" * 2048, headers={"Content-Length": str(10**12)})
+    assert big.status_code == 413
