@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
             torch.set_num_threads(settings.threads)
         sim = simulator or await asyncio.to_thread(
             Simulator.load, settings.checkpoint, device=settings.device, bf16=settings.bf16,
-            batch_size=settings.max_batch_size, compile=settings.compile)
+            batch_size=settings.max_batch_size, compile=settings.compile, engine=settings.engine)
         await asyncio.to_thread(sim.warmup)  # every batch bucket once (compiles them with compile=True)
         state.simulator = sim
         state.metrics = Metrics(settings.model_name, sim.model_version)

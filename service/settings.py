@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -14,6 +15,7 @@ ENV_PREFIX = "ZDC_SIM_"
 class Settings(BaseModel, frozen=True):
     checkpoint: str | None = None  # None: the model shipped with zdc-sim
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    engine: Literal["torch", "onnxruntime", "auto"] = "auto"  # auto: ONNX Runtime on CPU (faster there), torch on CUDA
     bf16: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the generator for fixed batch buckets, compiled at warm-up
     model_name: str = "zdc-zn"

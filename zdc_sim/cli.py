@@ -128,7 +128,7 @@ def _export(args) -> None:
     if len(args.inputs) == 1 and not out.is_dir():
         from .simulator import Simulator
 
-        simulator = Simulator.load(args.checkpoint, device=args.device)
+        simulator = Simulator.load(args.checkpoint, device=args.device, engine=args.engine)
         result = export.export_file(args.inputs[0], out, simulator, progress=not args.quiet, **options)
         print(f"wrote {result.entries} entries to {result.output} in {result.seconds:.1f} s "
               f"({result.particles_per_second:,.0f} particles/s)" +
@@ -136,7 +136,7 @@ def _export(args) -> None:
               (f"; {result.out_of_domain} particles outside the model's trained feature ranges (simulated, flagged "
                f"in branch '{export.OUT_OF_DOMAIN}')" if result.out_of_domain else ""))
         return
-    rows = export.export_many(args.inputs, out, checkpoint_path=args.checkpoint, device=args.device,
+    rows = export.export_many(args.inputs, out, checkpoint_path=args.checkpoint, device=args.device, engine=args.engine,
                               scheduler=args.scheduler, workers=args.workers, **options)
     print(export.format_summary(rows))
     if not all(r["ok"] for r in rows):
@@ -152,9 +152,26 @@ def _serve(args) -> None:
                                  max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                                  max_particles_per_request=args.max_particles, threads=args.threads,
                                  dynamic_batching=False if args.no_batching else None, bf16=args.bf16 or None,
-                                 compile=args.compile or None)
+                                 compile=args.compile or None, engine=args.engine)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=settings.shutdown_timeout_s)
+
+
+def _model_export(args) -> None:
+    from . import onnx_model
+    from .simulator import Simulator
+
+    simulator = Simulator.load(args.checkpoint, device="cpu")
+    if args.format == "onnx":
+        path = onnx_model.write_onnx(simulator, args.out)
+        print(f"wrote {path} (model version {simulator.model_version}; inputs "
+              f"{', '.join(onnx_model.input_names(simulator.generator.config.photon_noise))}; outputs RESPONSES, CHANNELS)")
+        return
+    repository = onnx_model.write_triton_repository(simulator, args.out, args.max_batch_size)
+    print(f"wrote the Triton model repository {repository.parent} (model '{onnx_model.TRITON_MODEL}', "
+          f"version {simulator.model_version}); start it with\n"
+          f"  docker run --gpus all -p 8000:8000 -v {Path(args.out).resolve()}:/models "
+          f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, help="same seed, same output (default: random, recorded in the provenance)")
     ex.add_argument("--checkpoint", help="checkpoint file (default: the shipped model)")
     ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ex.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "auto"],
+                    help="torch (CPU or CUDA), onnxruntime (CPU) or auto (onnxruntime on CPU)")
     ex.add_argument("--chunk-size", dest="chunk_size", type=int, default=8192, help="particles per chunk")
     ex.add_argument("--tree", help="tree of the input (default 'zdc' or the branch map's); the output uses the same name")
     ex.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
@@ -250,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--checkpoint", help="checkpoint file (default: the shipped model; ZDC_SIM_CHECKPOINT)")
     srv.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (ZDC_SIM_DEVICE)")
     srv.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (ZDC_SIM_BF16)")
+    srv.add_argument("--engine", choices=["torch", "onnxruntime", "auto"],
+                     help="default auto: onnxruntime on CPU, torch on CUDA (ZDC_SIM_ENGINE)")
     srv.add_argument("--compile", action="store_true", help="torch.compile fixed batch buckets at warm-up (ZDC_SIM_COMPILE)")
     srv.add_argument("--max-batch-size", dest="max_batch_size", type=int, help="particles per forward pass")
     srv.add_argument("--max-queue-delay-ms", dest="max_queue_delay_ms", type=float, help="batching wait")
@@ -258,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--threads", type=int, help="torch CPU threads")
     srv.add_argument("--log-level", dest="log_level", default="info")
     srv.set_defaults(run=_serve)
+
+    model = commands.add_parser("model", help="the model outside this process").add_subparsers(dest="action", required=True)
+    mex = model.add_parser("export", help="write the model as one ONNX file or a Triton model repository")
+    mex.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the shipped model)")
+    mex.add_argument("--format", choices=["onnx", "triton"], default="onnx")
+    mex.add_argument("--out", required=True, help="an existing folder")
+    mex.add_argument("--max-batch-size", dest="max_batch_size", type=int, default=4096, help="Triton's max_batch_size")
+    mex.set_defaults(run=_model_export)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="action", required=True)
     regs = bench.add_parser("regularizers", help="compare the diversity regularizers on synthetic and ZDC data")

@@ -205,11 +205,13 @@ def output_name(input_path: Path, out_dir: Path) -> Path:
     return out_dir / f"{input_path.stem}.zdcsim.root"
 
 
-def _export_task(input_path: str, output_path: str, checkpoint_path: str | None, device: str, options: dict) -> dict:
+def _export_task(input_path: str, output_path: str, checkpoint_path: str | None, device: str, engine: str,
+                 options: dict) -> dict:
     """One input on a Dask worker (the simulator is loaded once per worker process)."""
-    simulator = _WORKER_SIMULATORS.get((checkpoint_path, device))
+    key = (checkpoint_path, device, engine)
+    simulator = _WORKER_SIMULATORS.get(key)
     if simulator is None:
-        simulator = _WORKER_SIMULATORS[(checkpoint_path, device)] = Simulator.load(checkpoint_path, device=device)
+        simulator = _WORKER_SIMULATORS[key] = Simulator.load(checkpoint_path, device=device, engine=engine)
     try:
         result = export_file(input_path, output_path, simulator, progress=False, **options)
         return {**asdict(result), "ok": True, "error": None}
@@ -221,7 +223,8 @@ def _export_task(input_path: str, output_path: str, checkpoint_path: str | None,
 _WORKER_SIMULATORS: dict = {}
 
 
-def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str = "cpu", scheduler: str | None = None,
+def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str = "cpu", engine: str = "torch",
+                scheduler: str | None = None,
                 workers: int = 2, **options) -> list[dict]:
     """Each input to `out_dir/<stem>.zdcsim.root`, in parallel on Dask distributed: a local cluster
     of `workers` processes, or the cluster at `scheduler`. Returns one summary row per input; a
@@ -240,7 +243,7 @@ def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     try:
         with Client(scheduler or cluster) as client:
-            futures = client.map(_export_task, inputs, outputs, checkpoint_path=checkpoint_path, device=device,
+            futures = client.map(_export_task, inputs, outputs, checkpoint_path=checkpoint_path, device=device, engine=engine,
                                  options=options, pure=False)
             return client.gather(futures)
     finally:

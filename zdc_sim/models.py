@@ -150,7 +150,7 @@ def photon_counts(mean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     whatever the batch, and differentiable in `mean` (straight-through), so training sees exactly
     what the simulator returns.
     """
-    small = (torch.special.ndtr(noise) < mean).to(mean.dtype)
+    small = (0.5 * (1 + torch.erf(noise * 0.7071067811865476)) < mean).to(mean.dtype)  # Phi(noise), ONNX-exportable
     large = torch.round(mean + mean.clamp_min(0).sqrt() * noise).clamp_min(0)
     counts = torch.where(mean < 1, small, large)
     return mean + (counts - mean).detach()
@@ -253,7 +253,7 @@ class Generator(nn.Module):
         h = self.dense(inputs).view(-1, 4 * config.width, COARSE, COARSE)
         if next(self.upsample.parameters()).is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)  # see Simulator: faster CPU kernels
-        logits = self.upsample(h).reshape(len(h), -1)
+        logits = self.upsample(h).flatten(1)  # no batch size in the graph: ONNX export keeps it dynamic
         if config.latent_gate:
             scale = torch.exp(self.total_scale(condition).clamp(max=2.0))
             log_total = self.total_mean(condition) + scale * self.total(inputs)
@@ -305,7 +305,7 @@ class Generator(nn.Module):
         mean = self.mean_counts(random[:, :latent], features)
         if not self.config.photon_noise:
             return mean, mean
-        return photon_counts(mean, random[:, latent:].reshape(mean.shape)), mean
+        return photon_counts(mean, random[:, latent:].reshape(-1, GRID, GRID)), mean
 
     def counts(self, random: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Photon counts (N, 44, 44): what the Simulator returns."""

@@ -26,6 +26,7 @@ DEFAULT_BATCH = 4096  # rows per forward pass on CUDA
 # passes of 128 against 1,773 in one pass (the default model, 2 cores).
 CPU_BATCH = 128
 LATENT_BLOCK = 64  # rows per independently seeded block of random inputs
+ENGINES = ("torch", "onnxruntime")
 
 
 def default_model_path() -> Path:
@@ -59,8 +60,15 @@ class Simulator:
 
     def __init__(self, generator: Generator, standardizer: features.Standardizer, *, device=None,
                  bf16: bool = False, batch_size: int | None = None, compile: bool = False,
-                 metadata: dict | None = None):
-        self.device = pick_device(device)
+                 metadata: dict | None = None, engine: str = "torch"):
+        if engine not in ENGINES + ("auto",):
+            raise ZdcError(f"engine '{engine}' is not known; expected one of {list(ENGINES)} or 'auto'")
+        self.device = pick_device("cpu" if engine == "onnxruntime" and device in (None, "auto") else device)
+        if engine == "auto":  # ONNX Runtime where it can run (CPU, fp32): faster there at every batch size
+            engine = "onnxruntime" if self.device.type == "cpu" and not (bf16 or compile) else "torch"
+        if engine == "onnxruntime" and (self.device.type != "cpu" or bf16 or compile):
+            raise ZdcError(f"engine 'onnxruntime' runs on CPU in fp32; found device '{self.device}', bf16={bf16}, "
+                           f"compile={compile} (use engine 'torch' for those)")
         if bf16 and self.device.type != "cuda":
             raise ZdcError(f"bf16 inference needs a CUDA device; found '{self.device}'")
         if batch_size is None:  # rows per forward pass
@@ -79,6 +87,12 @@ class Simulator:
         self.buckets = bucket_sizes(batch_size) if compile else None
         self._forward = torch.compile(self.generator.counts, dynamic=False) if compile else self.generator.counts
         self._pinned = self.device.type == "cuda"  # page-locked host buffers: asynchronous copies
+        self.engine = engine
+        self._onnx = None
+        if engine == "onnxruntime":
+            from .onnx_model import OnnxRuntimeEngine
+
+            self._onnx = OnnxRuntimeEngine(self, threads=torch.get_num_threads())
 
     def warmup(self) -> None:
         """Run every batch bucket once (compiles them when compiled), so no request pays for it."""
@@ -88,8 +102,10 @@ class Simulator:
 
     @classmethod
     def load(cls, path=None, *, device=None, bf16: bool = False, batch_size: int | None = None,
-             compile: bool = False) -> "Simulator":
-        """Load a checkpoint written by `zdc-sim train` (best or last), or the default model."""
+             compile: bool = False, engine: str = "torch") -> "Simulator":
+        """Load a checkpoint written by `zdc-sim train` (best or last), or the default model.
+        `engine`: 'torch' (CPU or CUDA), 'onnxruntime' (CPU; the exported graph, see onnx_model) or
+        'auto' (ONNX Runtime on CPU in fp32, else torch)."""
         path = default_model_path() if path is None else Path(path)
         tensors, meta = checkpoint.load(path)
         meta = {**meta, "checksum": checkpoint.file_fingerprint(path), "path": str(path)}
@@ -105,7 +121,7 @@ class Simulator:
                 f"{str(exc)[:300]}); expected the 'model', 'standardizer' metadata and 'generator.*' tensors"
             ) from None
         return cls(generator, standardizer, device=device, bf16=bf16, batch_size=batch_size, compile=compile,
-                   metadata=meta)
+                   metadata=meta, engine=engine)
 
     @property
     def latent_dim(self) -> int:
@@ -153,22 +169,39 @@ class Simulator:
             return np.empty((0, self.random_dim), np.float32)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
-        first, last = start // LATENT_BLOCK, (start + n - 1) // LATENT_BLOCK
-        blocks = [np.random.default_rng([int(seed), b]).standard_normal((LATENT_BLOCK, self.random_dim), np.float32)
-                  for b in range(first, last + 1)]
-        offset = start - first * LATENT_BLOCK
-        return np.concatenate(blocks)[offset : offset + n]
+        parts = []
+        for block in range(start // LATENT_BLOCK, (start + n - 1) // LATENT_BLOCK + 1):
+            first = block * LATENT_BLOCK
+            lo, hi = max(start, first) - first, min(start + n, first + LATENT_BLOCK) - first
+            # A generator fills rows in order: drawing the first `hi` rows of a block gives exactly
+            # those rows of the whole block, so one particle costs one row, not a block of 64.
+            rows = np.random.default_rng([int(seed), block]).standard_normal((hi, self.random_dim), np.float32)
+            parts.append(rows[lo:])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def random_inputs(self, n: int, seed: int | None = None, start: int = 0) -> dict[str, np.ndarray]:
+        """Every random input of the exported graph for rows start .. start + n - 1, by input name
+        (LATENTS, and PHOTON_NOISE with photon statistics), drawn exactly as `simulate` draws them:
+        the same seed gives the same responses from torch, ONNX Runtime and a remote server."""
+        random = self.latents(n, seed, start)
+        latent = self.latent_dim
+        inputs = {"LATENTS": np.ascontiguousarray(random[:, :latent])}
+        if self.generator.config.photon_noise:
+            inputs["PHOTON_NOISE"] = np.ascontiguousarray(random[:, latent:])
+        return inputs
 
     @torch.inference_mode()
     def simulate_latents(self, raw_features: np.ndarray, latents: np.ndarray) -> Simulation:
         """Simulate already validated features with given latents: lets callers (the service's
         dynamic batcher, export) run many seeded requests in one pass with the same results."""
-        z = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
-        x = torch.from_numpy(self.standardizer.transform(raw_features))
         counts = np.empty((len(raw_features), *SHAPE), np.float32)
+        if self._onnx is None:
+            z = torch.from_numpy(np.ascontiguousarray(latents, np.float32))
+            x = torch.from_numpy(self.standardizer.transform(raw_features))
         for start in range(0, len(raw_features), self.batch_size):
             stop = start + self.batch_size
-            counts[start:stop] = self._counts(z[start:stop], x[start:stop]).cpu().numpy()
+            counts[start:stop] = (self._onnx.counts(raw_features[start:stop], latents[start:stop]) if self._onnx
+                                  else self._counts(z[start:stop], x[start:stop]).cpu().numpy())
         return Simulation(counts, channel_sums(counts).astype(np.float32))
 
     @property

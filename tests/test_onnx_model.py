@@ -1,0 +1,70 @@
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from zdc_sim import cli, onnx_model, reference
+from zdc_sim.errors import ZdcError
+from zdc_sim.simulator import Simulator
+
+
+@pytest.fixture(scope="module")
+def sim(tiny_checkpoint):
+    return Simulator.load(tiny_checkpoint, device="cpu")
+
+
+def _close(a, b):
+    """Channel sums within 1e-4 relative, or 2 photons: ONNX Runtime's kernels differ from torch's in
+    the last float bits, which moves a fibre whose mean + sqrt(mean) x noise lies within ~1e-6 of a
+    half-integer to the neighbouring count."""
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2.0)
+
+
+def test_exported_graph_matches_the_simulator_at_any_batch_size(sim, tmp_path):
+    path = onnx_model.write_onnx(sim, tmp_path)
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["version"] == sim.model_version and props["latent_dim"] == str(sim.latent_dim)
+    assert props["features"] == "energy,vx,vy,vz,px,py,pz,mass,charge" and props["opset"] == str(onnx_model.OPSET)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["FEATURES", "LATENTS", "PHOTON_NOISE"]
+    for n in (1, 7, 4096):
+        x, _ = reference.sample_particles(n, np.random.default_rng(n))
+        responses, channels = session.run(["RESPONSES", "CHANNELS"], {"FEATURES": x, **sim.random_inputs(n, seed=11)})
+        want = sim.simulate(x, seed=11, extrapolate=True)
+        assert responses.shape == (n, 44, 44) and channels.shape == (n, 5)
+        _close(channels, want.channels)
+        assert (responses != want.counts).mean() < 1e-3
+
+
+def test_random_inputs_are_the_rows_simulate_draws(sim):
+    full = np.random.default_rng([5, 0]).standard_normal((64, sim.random_dim), np.float32)
+    np.testing.assert_array_equal(sim.latents(3, 5, start=10), full[10:13])  # a part of a block, drawn alone
+    np.testing.assert_array_equal(sim.latents(70, 5)[:64], full)
+    inputs = sim.random_inputs(70, 5)
+    np.testing.assert_array_equal(np.concatenate([inputs["LATENTS"], inputs["PHOTON_NOISE"]], 1), sim.latents(70, 5))
+
+
+def test_onnxruntime_engine_gives_the_torch_engines_responses(sim, tiny_checkpoint):
+    fast = Simulator.load(tiny_checkpoint, engine="onnxruntime", batch_size=64)
+    assert fast.engine == "onnxruntime" and str(fast.device) == "cpu"
+    x, _ = reference.sample_particles(300, np.random.default_rng(4))
+    _close(fast.simulate(x, seed=2, extrapolate=True).channels, sim.simulate(x, seed=2, extrapolate=True).channels)
+    assert Simulator.load(tiny_checkpoint, engine="auto", device="cpu").engine == "onnxruntime"
+    with pytest.raises(ZdcError, match="engine 'tensorflow' is not known"):
+        Simulator.load(tiny_checkpoint, engine="tensorflow")
+    with pytest.raises(ZdcError, match="engine 'onnxruntime' runs on CPU in fp32"):
+        Simulator.load(tiny_checkpoint, engine="onnxruntime", device="cpu", compile=True)
+
+
+def test_triton_repository_from_the_command_line(tiny_checkpoint, tmp_path, capsys):
+    assert cli.main(["model", "export", str(tiny_checkpoint), "--format", "triton", "--out", str(tmp_path),
+                     "--max-batch-size", "512"]) == 0
+    assert "tritonserver --model-repository" in capsys.readouterr().out
+    onnx.checker.check_model(onnx.load(tmp_path / "zdc-zn/1/model.onnx"))
+    config = (tmp_path / "zdc-zn/config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 512" in config
+    assert "dynamic_batching" in config and 'name: "PHOTON_NOISE" data_type: TYPE_FP32 dims: [1936]' in config
+    assert 'name: "RESPONSES" data_type: TYPE_FP32 dims: [44, 44]' in config
+    assert cli.main(["model", "export", str(tiny_checkpoint), "--out", str(tmp_path / "missing")]) == 2
