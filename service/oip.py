@@ -1,7 +1,9 @@
 """Open Inference Protocol v2 (KServe / Triton HTTP), JSON and the binary tensor extension, so that
 `tritonclient[http]` works unchanged: model `zdc-zn`, input FEATURES FP32 [-1, 9], optional SEED
-INT64 [1]; outputs RESPONSES FP32 [-1, 44, 44] and CHANNELS FP32 [-1, 5]. Request parameter
-`extrapolate: true` simulates particles outside the model's trained feature ranges (else 422)."""
+INT64 [1]; outputs RESPONSES FP32 [-1, 44, 44] and CHANNELS FP32 [-1, 5]. Request parameters:
+`extrapolate: true` simulates particles outside the model's trained feature ranges (else 422);
+`row_start: k` gives the rows the random inputs of rows k.. of the seed (a client that splits a
+large input into requests gets what one request would have)."""
 
 from __future__ import annotations
 
@@ -144,11 +146,14 @@ def router(state: ServiceState) -> APIRouter:
             if s.size != 1 or s.dtype.kind not in "iu":
                 raise ServiceError(422, f"input 'SEED': {s.tolist()} ({s.dtype}); expected one INT64 value >= 0")
             seed = check_seed(int(s.ravel()[0]), "input 'SEED'")
-        extrapolate = (infer_request.parameters or {}).get("extrapolate", False)
+        parameters = infer_request.parameters or {}
+        extrapolate, row_start = parameters.get("extrapolate", False), parameters.get("row_start", 0)
         if not isinstance(extrapolate, bool):
             raise ServiceError(422, f"parameter 'extrapolate': {extrapolate!r}; expected true or false")
+        if not isinstance(row_start, int) or isinstance(row_start, bool) or row_start < 0:
+            raise ServiceError(422, f"parameter 'row_start': {row_start!r}; expected an integer >= 0")
         raw = features.validate(feats, source="input 'FEATURES'")
-        sim = await state.simulate(raw, seed, extrapolate, "input 'FEATURES'")
+        sim = await state.simulate(raw, seed, extrapolate, "input 'FEATURES'", row_start)
 
         produced = {"RESPONSES": sim.counts, "CHANNELS": sim.channels}
         wanted = infer_request.outputs or [InferOutput(name=n) for n in produced]

@@ -37,10 +37,11 @@ class ServiceState:
             raise ServiceError(503, NOT_READY, {"Retry-After": "1"})
 
     async def simulate(self, raw: np.ndarray, seed: int | None, extrapolate: bool = False,
-                       source: str = "particles") -> Simulation:
+                       source: str = "particles", row_start: int = 0) -> Simulation:
         """Validated features through the batcher: 413 / 422 for too many or no particles, 422
         (DomainError) for particles outside the trained feature ranges unless `extrapolate`; a
-        full queue raises QueueFull (503)."""
+        full queue raises QueueFull (503). `row_start`: the request holds rows row_start.. of a
+        larger seeded input (a client that split it), so it gets those rows' random inputs."""
         self.require_ready()
         n, limit = len(raw), self.settings.max_particles_per_request
         if n > limit:
@@ -49,4 +50,4 @@ class ServiceState:
             raise ServiceError(422, "request has 0 particles; expected at least 1")
         if not extrapolate:
             self.simulator.check_domain(raw, source=source)
-        return await self.batcher.simulate(raw, self.simulator.latents(n, seed))
+        return await self.batcher.simulate(raw, self.simulator.latents(n, seed, row_start))

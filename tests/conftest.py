@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from zdc_sim import checkpoint, rootio, reference
+from bench.harness import Server
+from zdc_sim import checkpoint, reference, rootio
 from zdc_sim.features import Domain, Standardizer
 from zdc_sim.models import SIZES, Generator
 
@@ -40,3 +41,14 @@ def tiny_checkpoint(tmp_path_factory):
                     {"model": SIZES["tiny"].to_dict(), "standardizer": standardizer.to_dict(),
                      "feature_ranges": Domain.fit(reference.sample_particles(20_000, np.random.default_rng(1))[0]).to_dict()})
     return path
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint):
+    """`zdc-sim serve` in a subprocess (request bodies limited to 16 MiB); yields it running."""
+    served = Server("--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                    env={"ZDC_SIM_MAX_REQUEST_BYTES": str(16 << 20)})
+    with served.running():
+        yield served
+    # uvicorn drains, then re-raises the SIGTERM it caught, so the exit status names the signal
+    assert served.returncode in (0, -15)

@@ -43,6 +43,24 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def seeded_normals(n: int, width: int, seed: int | None = None, start: int = 0) -> np.ndarray:
+    """Rows start .. start + n - 1 of the (n, width) float32 standard normals of `seed` (random if
+    None): blocks of LATENT_BLOCK rows, each drawn from a numpy generator seeded (seed, block), so
+    any row range is found without drawing what comes before it. A generator fills rows in order:
+    drawing the first k rows of a block gives exactly those rows of the whole block, so one
+    particle costs one row, not a block."""
+    if n <= 0:
+        return np.empty((0, width), np.float32)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
+    parts = []
+    for block in range(start // LATENT_BLOCK, (start + n - 1) // LATENT_BLOCK + 1):
+        first = block * LATENT_BLOCK
+        lo, hi = max(start, first) - first, min(start + n, first + LATENT_BLOCK) - first
+        parts.append(np.random.default_rng([int(seed), block]).standard_normal((hi, width), np.float32)[lo:])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def bucket_sizes(batch_size: int) -> list[int]:
     """Powers of two from 1 up to batch_size, and batch_size itself."""
     sizes = [1 << i for i in range(batch_size.bit_length()) if 1 << i < batch_size]
@@ -165,19 +183,7 @@ class Simulator:
         drawn from numpy generators seeded (seed, block),
         so any row range is found without drawing what comes before it: an export that resumes at
         entry k, or reads in chunks of any size, gets the same latents as one pass."""
-        if n <= 0:
-            return np.empty((0, self.random_dim), np.float32)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little") >> 1
-        parts = []
-        for block in range(start // LATENT_BLOCK, (start + n - 1) // LATENT_BLOCK + 1):
-            first = block * LATENT_BLOCK
-            lo, hi = max(start, first) - first, min(start + n, first + LATENT_BLOCK) - first
-            # A generator fills rows in order: drawing the first `hi` rows of a block gives exactly
-            # those rows of the whole block, so one particle costs one row, not a block of 64.
-            rows = np.random.default_rng([int(seed), block]).standard_normal((hi, self.random_dim), np.float32)
-            parts.append(rows[lo:])
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return seeded_normals(n, self.random_dim, seed, start)
 
     def random_inputs(self, n: int, seed: int | None = None, start: int = 0) -> dict[str, np.ndarray]:
         """Every random input of the exported graph for rows start .. start + n - 1, by input name

@@ -1,4 +1,5 @@
-"""Shared by the service tests: an app on the tiny model (in process) and a real uvicorn server."""
+"""Shared by the service tests: an app on the tiny model, in process (the real uvicorn server is the
+`server` fixture of tests/conftest.py)."""
 
 import json
 
@@ -6,7 +7,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.harness import Server
 from service import Settings, create_app
 
 PARTICLE = [2500.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2500.0, 939.6, 0.0]
@@ -18,17 +18,6 @@ def client(tiny_checkpoint):
                         max_particles_per_request=100, max_request_bytes=200_000)
     with TestClient(create_app(settings)) as c:
         yield c
-
-
-@pytest.fixture(scope="session")
-def server(tiny_checkpoint):
-    """`zdc-sim serve` in a subprocess (request bodies limited to 16 MiB); yields it running."""
-    served = Server("--checkpoint", str(tiny_checkpoint), "--device", "cpu",
-                    env={"ZDC_SIM_MAX_REQUEST_BYTES": str(16 << 20)})
-    with served.running():
-        yield served
-    # uvicorn drains, then re-raises the SIGTERM it caught, so the exit status names the signal
-    assert served.returncode in (0, -15)
 
 
 def infer_body(n=2, seed=3, binary=True):
