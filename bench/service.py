@@ -47,13 +47,17 @@ def request_kwargs(particles: int, binary: bool) -> dict:
             "headers": {"Content-Type": "application/json"}}
 
 
-async def drive(url: str, clients: int, particles: int, binary: bool, seconds: float) -> dict:
+async def drive(url: str, clients: int, particles: int, binary: bool, seconds: float, bare: bool = False) -> dict:
     """`clients` concurrent keep-alive connections (aiohttp: httpx's pool itself became the
-    bottleneck above ~16 concurrent requests on 2 cores), each sending requests back to back."""
+    bottleneck above ~16 concurrent requests on 2 cores), each sending requests back to back.
+    `bare`: GET /v2/health/live instead, the server's rate for a request that does nothing."""
     import aiohttp
 
     kwargs = request_kwargs(particles, binary)
     body, headers, params = kwargs["content"], kwargs["headers"], kwargs.get("params")
+    method, path = ("GET", "/v2/health/live") if bare else ("POST", "/v1/simulate")
+    if bare:
+        body, headers, params = None, {}, None
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=clients)
@@ -65,7 +69,7 @@ async def drive(url: str, clients: int, particles: int, binary: bool, seconds: f
             while time.perf_counter() < stop:
                 t = time.perf_counter()
                 try:
-                    async with session.post("/v1/simulate", data=body, headers=headers, params=params) as r:
+                    async with session.request(method, path, data=body, headers=headers, params=params) as r:
                         await r.read()
                         ok = r.status == 200
                 except (aiohttp.ClientError, asyncio.TimeoutError):
