@@ -150,7 +150,11 @@ def photon_counts(mean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     whatever the batch, and differentiable in `mean` (straight-through), so training sees exactly
     what the simulator returns.
     """
-    small = (0.5 * (1 + torch.erf(noise * 0.7071067811865476)) < mean).to(mean.dtype)  # Phi(noise), ONNX-exportable
+    if torch.onnx.is_in_onnx_export():  # the exporter has no ndtr; the same Phi to the last bits or so
+        phi = 0.5 * (1 + torch.erf(noise * 0.7071067811865476))
+    else:
+        phi = torch.special.ndtr(noise)
+    small = (phi < mean).to(mean.dtype)
     large = torch.round(mean + mean.clamp_min(0).sqrt() * noise).clamp_min(0)
     counts = torch.where(mean < 1, small, large)
     return mean + (counts - mean).detach()
