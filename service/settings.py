@@ -15,7 +15,9 @@ ENV_PREFIX = "ZDC_SIM_"
 class Settings(BaseModel, frozen=True):
     checkpoint: str | None = None  # None: the model shipped with zdc-sim
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    engine: Literal["torch", "onnxruntime", "auto"] = "auto"  # auto: ONNX Runtime on CPU (faster there), torch on CUDA
+    # torch: faster than ONNX Runtime at the batches a loaded server runs (64: 3,810 vs 2,724 and 3,111 vs
+    # 2,011 samples/s in two runs on 2 cores, bench/engines.py); onnxruntime ~2x faster for single particles.
+    engine: Literal["torch", "onnxruntime", "auto"] = "torch"
     bf16: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the generator for fixed batch buckets, compiled at warm-up
     model_name: str = "zdc-zn"

@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (ZDC_SIM_DEVICE)")
     srv.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (ZDC_SIM_BF16)")
     srv.add_argument("--engine", choices=["torch", "onnxruntime", "auto"],
-                     help="default auto: onnxruntime on CPU, torch on CUDA (ZDC_SIM_ENGINE)")
+                     help="default torch (faster at served batch sizes); onnxruntime: CPU, faster for single "
+                          "particles; auto: onnxruntime on CPU in fp32 (ZDC_SIM_ENGINE)")
     srv.add_argument("--compile", action="store_true", help="torch.compile fixed batch buckets at warm-up (ZDC_SIM_COMPILE)")
     srv.add_argument("--max-batch-size", dest="max_batch_size", type=int, help="particles per forward pass")
     srv.add_argument("--max-queue-delay-ms", dest="max_queue_delay_ms", type=float, help="batching wait")
