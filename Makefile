@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/simulator.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/engines.py
 
 # The five diversity regularizers and the plain cGAN on the synthetic benchmarks and on reference
 # ZDC data, 3 seeds each (about an hour on 2 CPU cores); writes bench/out/regularizers/.
