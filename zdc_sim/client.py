@@ -21,6 +21,7 @@ import numpy as np
 from . import features
 from .errors import DomainError, FeatureError, ZdcError
 from .geometry import N_CHANNELS, SHAPE
+from .onnx_model import random_feeds
 from .simulator import Simulation, seeded_normals
 
 HEADER = "Inference-Header-Content-Length"
@@ -74,9 +75,8 @@ class RemoteSimulator:
         parameters: dict = {"binary_data_output": True}
         if self.triton:
             random = seeded_normals(n, self.latent_dim + self.noise_dim, seed, start)
-            tensors["LATENTS"] = ("FP32", random[:, : self.latent_dim].astype("<f4"))
-            if self.noise_dim:
-                tensors["PHOTON_NOISE"] = ("FP32", random[:, self.latent_dim :].astype("<f4"))
+            tensors.update({name: ("FP32", values.astype("<f4", copy=False)) for name, values in
+                            random_feeds(random, self.latent_dim, self.noise_dim > 0).items()})
         else:
             tensors["SEED"] = ("INT64", np.array([seed], "<i8"))
             parameters.update(row_start=start, extrapolate=extrapolate)

@@ -216,8 +216,7 @@ def _export_task(input_path: str, output_path: str, checkpoint_path: str | None,
         result = export_file(input_path, output_path, simulator, progress=False, **options)
         return {**asdict(result), "ok": True, "error": None}
     except ZdcError as exc:
-        return {"input": input_path, "output": output_path, "entries": 0, "seconds": 0.0, "resumed_from": 0,
-                "out_of_domain": 0, "ok": False, "error": str(exc)}
+        return {**asdict(ExportResult(input_path, output_path, 0, 0.0)), "ok": False, "error": str(exc)}
 
 
 _WORKER_SIMULATORS: dict = {}

@@ -46,6 +46,15 @@ class _Graph(nn.Module):
         return counts, counts.flatten(1) @ self.masks
 
 
+def random_feeds(random: np.ndarray, latent_dim: int, photon_noise: bool) -> dict[str, np.ndarray]:
+    """The graph's random inputs by name from rows of random inputs (latent, then photon noise), as
+    `Simulator.latents` draws them."""
+    feeds = {LATENTS: np.ascontiguousarray(random[:, :latent_dim], np.float32)}
+    if photon_noise:
+        feeds[PHOTON_NOISE] = np.ascontiguousarray(random[:, latent_dim:], np.float32)
+    return feeds
+
+
 def input_names(photon_noise: bool) -> list[str]:
     return [FEATURES, LATENTS] + ([PHOTON_NOISE] if photon_noise else [])
 
@@ -135,8 +144,5 @@ class OnnxRuntimeEngine:
         self.photon_noise = simulator.generator.config.photon_noise
 
     def counts(self, raw: np.ndarray, random: np.ndarray) -> np.ndarray:
-        feeds = {FEATURES: np.ascontiguousarray(raw, np.float32),
-                 LATENTS: np.ascontiguousarray(random[:, : self.latent_dim], np.float32)}
-        if self.photon_noise:
-            feeds[PHOTON_NOISE] = np.ascontiguousarray(random[:, self.latent_dim :], np.float32)
+        feeds = {FEATURES: np.ascontiguousarray(raw, np.float32), **random_feeds(random, self.latent_dim, self.photon_noise)}
         return self.session.run([RESPONSES], feeds)[0]

@@ -20,6 +20,7 @@ from . import checkpoint, features
 from .errors import ZdcError
 from .geometry import SHAPE, channel_sums
 from .models import Generator, ModelConfig
+from .onnx_model import OnnxRuntimeEngine, random_feeds
 
 DEFAULT_BATCH = 4096  # rows per forward pass on CUDA
 # On CPU smaller passes keep the 44 x 44 activations in cache: 2,643 samples/s for 1,024 particles in
@@ -108,8 +109,6 @@ class Simulator:
         self.engine = engine
         self._onnx = None
         if engine == "onnxruntime":
-            from .onnx_model import OnnxRuntimeEngine
-
             self._onnx = OnnxRuntimeEngine(self, threads=torch.get_num_threads())
 
     def warmup(self) -> None:
@@ -190,12 +189,7 @@ class Simulator:
         """Every random input of the exported graph for rows start .. start + n - 1, by input name
         (LATENTS, and PHOTON_NOISE with photon statistics), drawn exactly as `simulate` draws them:
         the same seed gives the same responses from torch, ONNX Runtime and a remote server."""
-        random = self.latents(n, seed, start)
-        latent = self.latent_dim
-        inputs = {"LATENTS": np.ascontiguousarray(random[:, :latent])}
-        if self.generator.config.photon_noise:
-            inputs["PHOTON_NOISE"] = np.ascontiguousarray(random[:, latent:])
-        return inputs
+        return random_feeds(self.latents(n, seed, start), self.latent_dim, self.generator.config.photon_noise)
 
     @torch.inference_mode()
     def simulate_latents(self, raw_features: np.ndarray, latents: np.ndarray) -> Simulation:
