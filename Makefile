@@ -43,10 +43,10 @@ bench-regularizers: $(STAMP)
 # repeats (seed 1), a validation set that picks the best epoch (seed 3) and the held-out set it is
 # judged on (10,000 particles x 4, seed 2, never trained or validated on).
 TRAIN_SET ?= data/train100k.root
-VALIDATION ?= data/validation.root
+VALIDATION ?= data/validation10k.root
 default-model: $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 100000 --repeats 2 --seed 1 --out $(TRAIN_SET) --quiet
-	$(BIN)/zdc-sim data generate --particles 3000 --repeats 4 --seed 3 --out $(VALIDATION) --quiet
+	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 3 --out $(VALIDATION) --quiet
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 2 --out $(HELDOUT) --quiet
 	$(BIN)/zdc-sim train --config training/configs/default.json --data $(TRAIN_SET) --val-data $(VALIDATION) --out runs/sdi --quiet
 	cp runs/sdi/best.safetensors $(MODEL_DIR)/model.safetensors

@@ -59,13 +59,41 @@ def test_generator_total_head_sets_the_scale(config):
 
 def test_checkpoints_of_the_first_design_load_with_its_structure():
     config = ModelConfig.from_dict({"latent_dim": 10, "width": 16, "hidden": 256, "disc_width": 16})
-    assert (config.impact_frame, config.latent_gate, config.upsample, config.photon_noise, config.halo) == (
-        False, False, "transposed", False, False)
+    assert (config.impact_frame, config.latent_gate, config.upsample, config.photon_noise, config.halo,
+            config.envelope) == (False, False, "transposed", False, False, "gaussian")
     assert config.random_dim == 10 and SIZES["base"].random_dim == 10 + 44 * 44
     with pytest.raises(ValueError, match="upsample"):
         ModelConfig(upsample="bicubic")
     with pytest.raises(ValueError, match="halo needs impact_frame"):
         ModelConfig(impact_frame=False, halo=True)
+    with pytest.raises(ValueError, match="envelope"):
+        ModelConfig(envelope="cauchy")
+
+
+def test_fitted_envelope_is_the_mean_radial_profile_of_real_showers():
+    """Showers that are round Gaussians of 1.2 cm around their impact point: the fitted envelope
+    alone (shape logits 0) must put the same share of the counts beyond each radius, and a wider
+    share than the fixed 1 cm Gaussian it replaces."""
+    gen, _, x, raw = _fitted(n=400, seed=4)
+    x_cm, y_cm = reference.impact_point_cm(raw)
+    inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
+    points = np.stack([x_cm, y_cm], 1)[inside]
+    gen.fit_impact(x[torch.from_numpy(inside)], torch.from_numpy(points))
+    offset = (np.arange(44) - 21.5) * geometry.PITCH_CM
+    fitted = gen.impact_point(x[torch.from_numpy(inside)]).detach().numpy()
+    r2 = (offset[None, None, :] - fitted[:, :1, None]) ** 2 + (offset[::-1][None, :, None] - fitted[:, 1:, None]) ** 2
+    showers = 1e4 * np.exp(-r2 / (2 * 1.2**2))
+    gaussian = torch.softmax(gen.prior, 1).reshape(44, 44).numpy()
+    gen.fit_envelope(x[torch.from_numpy(inside)], torch.from_numpy(showers))
+    assert gen.prior.max() == 0 and torch.isfinite(gen.prior).all()
+    envelope = torch.softmax(gen.prior, 1).reshape(44, 44).numpy()
+    r = np.hypot(offset[:, None], offset[None, :])
+    for radius in (0.5, 1.0, 2.0, 3.0):
+        expected = np.exp(-radius**2 / (2 * 1.2**2))  # share of a round Gaussian beyond a radius
+        assert abs(envelope[r > radius].sum() - expected) < 0.02 + 0.1 * expected, radius
+    assert envelope[r > 2.0].sum() > 1.5 * gaussian[r > 2.0].sum()  # exp(-2 / 1.44) against exp(-2)
+    with pytest.raises(ValueError, match="empty"):
+        gen.fit_envelope(x[:4], torch.zeros(4, 44, 44))
 
 
 def test_conditioner_standardises_derived_quantities():

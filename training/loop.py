@@ -110,6 +110,8 @@ class _Run:
         self.impact_residual_cm = None
         if model_config.impact_frame:
             self.impact_residual_cm = _fit_impact(self.generator, self.x_train, self.train_set)
+            if model_config.envelope == "fitted":
+                _fit_envelope(self.generator, self.x_train, self.train_set, config.seed)
         if model_config.latent_gate:
             _fit_total_heads(self.generator, self.x_train, self.train_set, config.seed)
         self.generator.to(device)
@@ -393,6 +395,24 @@ def _fit_impact(generator: Generator, features: torch.Tensor, data: training_dat
         predicted = generator.impact_point(features.float())
     use = shower & (predicted.abs() < INSIDE_CM).all(1)
     return generator.fit_impact(features[use], centres[use])
+
+
+def _fit_envelope(generator: Generator, features: torch.Tensor, data: training_data.Dataset, seed: int,
+                  showers: int = 10000) -> None:
+    """Fit the shape envelope (Generator.fit_envelope) on up to `showers` real showers that the
+    fitted impact head puts inside the face (the mean share per fibre at a distance is unbiased
+    where the face cuts a shower off: only the fibres that exist are counted)."""
+    if data.log_images is None:
+        raise ConfigError("the shape envelope is fitted on real images; the training set was read without them")
+    with torch.no_grad():
+        predicted = generator.impact_point(features.float())
+    total = torch.from_numpy(data.channels.sum(1))
+    use = np.flatnonzero(((total >= geometry.MIN_MEAN_COUNTS) & (predicted.abs() < INSIDE_CM).all(1)).numpy())
+    if len(use) < 20:
+        raise ConfigError(f"only {len(use)} training responses are showers inside the face; expected at least 20 "
+                          "to fit the shape envelope (or train with \"envelope\": \"gaussian\")")
+    use = np.random.default_rng(seed).permutation(use)[:showers]
+    generator.fit_envelope(features[use], torch.expm1(data.log_images[torch.from_numpy(use), 0]))
 
 
 def _fit_total_heads(generator: Generator, features: torch.Tensor, data: training_data.Dataset, seed: int,
