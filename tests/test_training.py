@@ -16,7 +16,7 @@ from zdc_sim.simulator import Simulator
 
 def _config(data, out, **changes):
     values = dict(data=str(data), out=str(out), model="tiny", epochs=2, batch_size=16, val_particles=5,
-                  val_samples=4, seed=3, threads=1, plots=False)
+                  val_samples=4, seed=3, threads=1, plots=False, total_refit=10)
     values.update(changes)
     return TrainConfig(**values)
 
@@ -41,8 +41,12 @@ def test_training_writes_checkpoints_log_and_plots(tiny_file, tmp_path):
     sim = Simulator.load(best)
     meta = sim.metadata
     assert meta["training"]["regularizer"] == "sdi" and meta["standardizer"]["names"][0] == "energy"
+    # The best epoch is chosen on the validation of the refitted candidate, which is what is shipped.
     assert meta["dataset_fingerprint"].startswith("sha256:") and meta["validation_before_intensity"]["ws_mean"] == min(
         r["val"]["ws_mean"] for r in records)
+    assert all(r["total_refit"]["steps"] == 10 and "ws_mean" in r["val_before_refit"] for r in records)
+    assert meta["total_refit"]["steps"] == 10 and meta["validation_before_refit"]["ws_mean"] != meta[
+        "validation_before_intensity"]["ws_mean"]
     assert sim.simulate(sim_features(tiny_file), seed=0).counts.shape[1:] == (44, 44)
 
 
@@ -52,7 +56,7 @@ def sim_features(path):
 
 def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, tmp_path):
     out = tmp_path / "run"
-    loop.train(_config(tiny_file, out, epochs=1, ema=0.9), progress_bar=False)
+    loop.train(_config(tiny_file, out, epochs=1, ema=0.9, total_refit=0), progress_bar=False)
     record = json.loads((out / "metrics.jsonl").read_text())
     assert record["loss_score"] > 0  # the energy score is on by default
     last, meta_last = checkpoint.load(out / "last.safetensors")
@@ -72,6 +76,16 @@ def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, 
     expected = 2e-4 * max(0.05, 1 - (total - 1 - decay_from) / (total - decay_from))
     assert meta_last["optimizers"]["opt_g"][0]["lr"] == pytest.approx(expected) and expected < 2e-4 / 2
     assert "intensity factor" not in (out / "metrics.jsonl").read_text()
+
+
+def test_total_refit_moves_only_the_total_heads_of_the_shipped_average(tiny_file, tmp_path):
+    out = tmp_path / "refit"
+    loop.train(_config(tiny_file, out, epochs=1, total_refit=30, fit_intensity=False), progress_bar=False)
+    last, _ = checkpoint.load(out / "last.safetensors")
+    best, meta = checkpoint.load(out / "best.safetensors")
+    assert meta["total_refit"]["steps"] == 30 and "validation_before_refit" in meta
+    moved = {key for key, value in best.items() if not torch.equal(value, last["average." + key.split(".", 1)[1]])}
+    assert moved and all(k.split(".")[1] in ("total", "total_mean", "total_scale") for k in moved), moved
 
 
 def test_energy_score_and_average_can_be_switched_off(tiny_file, tmp_path):

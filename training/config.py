@@ -46,6 +46,10 @@ class TrainConfig:
     energy_score_image: float = 0.0
     ema: float = 0.999  # decay of the generator's moving average (validated and shipped); 0: none
     lr_decay: float = 1 / 3  # share of the last steps over which learning rates fall linearly to 5 %
+    # At each epoch's end, a copy of the moving average gets its total head refitted by the energy
+    # score of the total per GeV for this many steps (training/refit.py; 0 disables); that copy is
+    # validated and, when best, saved (then the intensity factor at the end of the run).
+    total_refit: int = 2000
     fit_intensity: bool = True  # fit one factor on counts to the training data at the end
     seed: int = 0
     val_fraction: float = 0.1
@@ -73,6 +77,7 @@ class TrainConfig:
             ("energy_score", self.energy_score >= 0, ">= 0"),
             ("energy_score_image", self.energy_score_image >= 0, ">= 0"),
             ("ema", 0 <= self.ema < 1, "in [0, 1)"),
+            ("total_refit", self.total_refit >= 0, ">= 0 (steps; 0 disables)"),
             ("lr_decay", 0 <= self.lr_decay <= 1, "in [0, 1]"),
             ("val_fraction", 0 < self.val_fraction < 1 or self.val_data is not None, "in (0, 1)"),
             ("val_samples", self.val_samples >= 2, ">= 2"),

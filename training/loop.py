@@ -31,7 +31,7 @@ from zdc_sim.models import Discriminator, Encoder, Generator
 from zdc_sim.simulator import Simulator, pick_device
 
 from . import data as training_data
-from . import gan
+from . import gan, refit
 from .config import ConfigError, TrainConfig
 from .evaluate import evaluate_particles
 from .losses import energy_score_loss
@@ -253,17 +253,22 @@ class _Run:
         self.state.epoch += 1
         self.state.batch = 0
         if self.rank == 0:
-            report = self.validate()
+            candidate, refitted = self._refitted()
+            report = self.validate(copy.deepcopy(candidate))
             record = {"epoch": self.state.epoch, "step": self.state.step, "seconds": round(seconds, 2),
                       "loss_d": float(mean_losses[0]), "loss_g_adv": float(mean_losses[1]),
                       "loss_reg": float(mean_losses[2]), "loss_score": float(mean_losses[3]), "val": report}
+            if refitted is not None:
+                record.update(total_refit=refitted, val_before_refit=self.validate())
             self.state.history.append(record)
             with open(self.out / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if report["ws_mean"] < self.state.best_ws:
                 self.state.best_ws = report["ws_mean"]
-                checkpoint.save(self.out / BEST, checkpoint.prefixed("generator", self.average.state_dict()),
-                                self._metadata(validation=report, epoch=self.state.epoch))
+                extra = {} if refitted is None else {"total_refit": refitted,
+                                                     "validation_before_refit": record["val_before_refit"]}
+                checkpoint.save(self.out / BEST, checkpoint.prefixed("generator", candidate.state_dict()),
+                                self._metadata(validation=report, epoch=self.state.epoch, **extra))
             if self.progress_bar:
                 tqdm.write(f"epoch {self.state.epoch}: loss_d {mean_losses[0]:.3f} loss_g {mean_losses[1]:.3f} "
                            f"reg {mean_losses[2]:.3f} | val WS {report['ws_mean']:.1f} "
@@ -284,6 +289,24 @@ class _Run:
         return evaluate_particles(Simulator(generator, self.standardizer, device=self.device), v["features"],
                                   v["pdg"], v["channels"], self.config.val_samples, VALIDATION_SEED,
                                   real_centres=v["centres"], bootstrap=0)
+
+    def _refitted(self, particles: int = 50000) -> tuple[Generator, dict | None]:
+        """A copy of the moving average with its total head refitted by the energy score of the
+        total per GeV (training/refit.py) on up to `particles` training particles, and the refit's
+        record; with total_refit 0, the average itself and None. Each epoch's candidate is refitted
+        before it is validated, so the best epoch is chosen on what is shipped."""
+        if not self.config.total_refit or not self.average.config.latent_gate:
+            return self.average, None
+        if not hasattr(self, "_refit_data"):
+            _, (feats, pdg, channels) = metrics.group_repeats(self.train_set.particle_id, self.train_set.features,
+                                                              self.train_set.pdg, self.train_set.channels)
+            feats = feats[:particles, 0]
+            self._refit_data = (torch.from_numpy(self.standardizer.transform(feats)), feats[:, 0], pdg[:particles, 0],
+                                channels[:particles].sum(-1))
+        candidate = copy.deepcopy(self.average).cpu().requires_grad_(True).train()
+        result = refit.refit_total(candidate, *self._refit_data, self.config.total_refit,
+                                   seed=self.config.seed * 1000 + self.state.epoch)
+        return candidate.requires_grad_(False).eval().to(self.device), result
 
     def _fit_intensity(self, particles: int = 20000) -> None:
         """The published post-processing: one factor in [0.9, 1.1] on the counts of the best

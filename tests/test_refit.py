@@ -1,0 +1,61 @@
+"""The total refit after the adversarial phase (training/refit.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from training import refit
+from zdc_sim import features, reference
+from zdc_sim.models import SIZES, Generator, ModelConfig
+
+
+def _generator_and_particles(n=600, seed=5):
+    raw, pdg = reference.sample_particles(4 * n, np.random.default_rng(seed))
+    x_cm, y_cm = reference.impact_point_cm(raw)
+    inside = (np.abs(x_cm) < 1.5) & (np.abs(y_cm) < 1.5)
+    raw, pdg, x_cm, y_cm = raw[inside][:n], pdg[inside][:n], x_cm[inside][:n], y_cm[inside][:n]
+    std = features.Standardizer.fit(raw)
+    gen = Generator(SIZES["tiny"])
+    gen.conditioner.fit(std, raw)
+    x = torch.from_numpy(std.transform(raw))
+    gen.fit_impact(x, torch.from_numpy(np.stack([x_cm, y_cm], 1)))
+    return gen, x, raw, pdg
+
+
+def test_refit_moves_the_total_towards_skewed_real_totals_and_only_the_total_heads():
+    gen, x, raw, pdg = _generator_and_particles()
+    energy = raw[:, 0].astype(np.float64)
+    rng = np.random.default_rng(0)
+    real = energy[:, None] * 40.0 * rng.beta(4.0, 2.0, (len(raw), 2))  # left-skewed, mean 26.7 per GeV
+    with torch.no_grad():  # start 2x too high, with almost no spread
+        gen.total_mean[-1].weight.zero_()
+        gen.total_mean[-1].bias.zero_()
+        gen.total_mean[-1].bias.add_(torch.log(torch.tensor(2 * 26.7)))
+    other = {k: v.clone() for k, v in gen.state_dict().items()
+             if not k.startswith(("total.", "total_mean.", "total_scale."))}
+    # lr raised for the test: tiny model, few steps
+    result = refit.refit_total(gen, x, energy, pdg, real, steps=400, seed=1, lr=3e-3)
+    assert result["score_after"] < 0.5 * result["score_before"]
+    for key, value in gen.state_dict().items():
+        if key in other:
+            torch.testing.assert_close(value, other[key], rtol=0, atol=0)
+    with torch.no_grad():
+        z = torch.randn(len(x) * 8, gen.config.latent_dim, generator=torch.Generator().manual_seed(2))
+        totals = gen.mean_counts(z, x.repeat_interleave(8, 0)).sum((1, 2)).view(len(x), 8).numpy()
+    per_gev = totals / energy[:, None]
+    assert abs(np.mean(per_gev) / 26.7 - 1) < 0.1
+    assert 0.1 < np.std(per_gev) / np.mean(per_gev) < 0.5  # real: 0.18 / 0.67 = 0.27
+
+
+def test_energy_score_1d_is_lowest_for_the_true_spread():
+    rng = torch.Generator().manual_seed(0)
+    real = torch.randn(4000, 1, generator=rng)
+    scores = {s: float(refit.energy_score_1d(s * torch.randn(4000, 8, generator=rng), real).mean())
+              for s in (0.0, 0.5, 1.0, 2.0)}
+    assert scores[1.0] < min(scores[0.0], scores[0.5], scores[2.0])
+
+
+def test_refit_needs_the_location_scale_total():
+    gen = Generator(ModelConfig(width=4, hidden=32, disc_width=4, latent_gate=False))
+    with pytest.raises(ValueError, match="latent_gate"):
+        refit.refit_total(gen, torch.zeros(4, 9), np.ones(4), np.full(4, 2112), np.ones((4, 2)), steps=1)
