@@ -39,7 +39,7 @@ bench: $(STAMP)
 bench-regularizers: $(STAMP)
 	$(BIN)/zdc-sim bench regularizers --out bench/out/regularizers --workers 2
 
-# Reproduces the shipped default model (about 1.5 hours on 2 CPU cores): 100,000 training particles x 2
+# Reproduces the shipped default model (about 35 minutes of training on 2 CPU cores): 100,000 training particles x 2
 # repeats (seed 1), a validation set that picks the best epoch (seed 3) and the held-out set it is
 # judged on (10,000 particles x 4, seed 2, never trained or validated on).
 TRAIN_SET ?= data/train100k.root
@@ -51,7 +51,7 @@ default-model: $(STAMP)
 	$(BIN)/zdc-sim train --config training/configs/default.json --data $(TRAIN_SET) --val-data $(VALIDATION) --out runs/sdi --quiet
 	cp runs/sdi/best.safetensors $(MODEL_DIR)/model.safetensors
 	$(BIN)/zdc-sim evaluate --data $(HELDOUT) --ceiling --json > $(MODEL_DIR)/evaluation.txt
-# SDI against the plain conditional GAN with every other lever equal, two seeds each (about 6 hours
+# SDI against the plain conditional GAN with every other lever equal, two seeds each (about 2.5 hours
 # on 2 CPU cores); each run's held-out evaluation lands in runs/<regularizer>-<seed>/evaluation.txt.
 sdi-vs-plain: $(STAMP)
 	for seed in 0 1; do for reg in sdi none; do \

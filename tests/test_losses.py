@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from training.losses import energy_score, energy_score_loss
@@ -40,3 +41,20 @@ def test_energy_score_loss_reads_channels_and_pooled_image():
     torch.testing.assert_close(both, only_channels + only_image)
     both.backward()
     assert torch.isfinite(shifted.grad).all() and shifted.grad.abs().sum() > 0
+
+
+def test_linear_channel_score_uses_each_particles_units():
+    rng = np.random.default_rng(1)
+    real_counts = rng.poisson(50.0, (4, 44, 44)).astype(np.float32)
+    real = torch.log1p(torch.from_numpy(real_counts))[:, None]
+    sums = torch.from_numpy(geometry.channel_sums(real_counts)).float()
+    real_channels = torch.log1p(sums)
+    units = sums.sum(1)  # each particle's own total: every channel value becomes its share
+    same = energy_score_loss(torch.cat([real, real]), real, real_channels, 0.0, 0.0, 1.0, units)
+    assert abs(same.item()) < 1e-4
+    doubled = torch.log1p(2 * torch.expm1(real))  # twice the counts: shares 2x, so |f - y| = |y| = 1 in total
+    score = energy_score_loss(torch.cat([doubled, doubled]), real, real_channels, 0.0, 0.0, 1.0, units)
+    expected = torch.linalg.norm(sums / units[:, None], dim=1).mean()
+    torch.testing.assert_close(score, expected, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="units"):
+        energy_score_loss(torch.cat([real, real]), real, real_channels, 0.0, 0.0, 1.0)

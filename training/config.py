@@ -44,6 +44,9 @@ class TrainConfig:
     # the 4 x 4-pooled log image; weights in the generator loss (0 disables).
     energy_score: float = 5.0
     energy_score_image: float = 0.0
+    # The same score on the channel sums in linear scale, divided by each particle's typical shower
+    # (energy x the training set's median counts per GeV); weight in the generator loss (0 disables).
+    energy_score_linear: float = 0.0
     ema: float = 0.999  # decay of the generator's moving average (validated and shipped); 0: none
     lr_decay: float = 1 / 3  # share of the last steps over which learning rates fall linearly to 5 %
     # At each epoch's end, a copy of the moving average gets its total head refitted by the energy
@@ -76,6 +79,7 @@ class TrainConfig:
             ("r1_every", self.r1_every >= 1, ">= 1"),
             ("energy_score", self.energy_score >= 0, ">= 0"),
             ("energy_score_image", self.energy_score_image >= 0, ">= 0"),
+            ("energy_score_linear", self.energy_score_linear >= 0, ">= 0"),
             ("ema", 0 <= self.ema < 1, "in [0, 1)"),
             ("total_refit", self.total_refit >= 0, ">= 0 (steps; 0 disables)"),
             ("lr_decay", 0 <= self.lr_decay <= 1, "in [0, 1]"),

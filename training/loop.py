@@ -124,6 +124,7 @@ class _Run:
         # The moving average of the generator is what is validated and shipped (with ema 0: itself).
         self.average = copy.deepcopy(self.generator).requires_grad_(False) if config.ema > 0 else self.generator
         self.real_channels = torch.from_numpy(np.log1p(self.train_set.channels)).float()
+        self.units = torch.from_numpy(_shower_units(self.train_set)).float()
         self.latent_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
         self.fingerprint = checkpoint.file_fingerprint(config.data)
         self.state = Progress()
@@ -199,7 +200,7 @@ class _Run:
         # Generator: two samples per condition when the regularizer or the energy score compares them.
         self.discriminator.requires_grad_(False)
         reg = self.regularizer
-        scored = config.energy_score > 0 or config.energy_score_image > 0
+        scored = config.energy_score > 0 or config.energy_score_image > 0 or config.energy_score_linear > 0
         pair = reg.needs_pair or scored
         z1 = torch.randn(batch, random_dim, generator=self.latent_rng).to(device)
         z2 = torch.randn(batch, random_dim, generator=self.latent_rng).to(device) if pair else None
@@ -215,7 +216,8 @@ class _Run:
         loss_score = fakes.new_zeros(())
         if scored:
             loss_score = energy_score_loss(fakes, real, self.real_channels[index].to(device),
-                                           config.energy_score, config.energy_score_image)
+                                           config.energy_score, config.energy_score_image,
+                                           config.energy_score_linear, self.units[index].to(device))
             loss_g = loss_g + loss_score
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -418,6 +420,16 @@ def _fit_impact(generator: Generator, features: torch.Tensor, data: training_dat
         predicted = generator.impact_point(features.float())
     use = shower & (predicted.abs() < INSIDE_CM).all(1)
     return generator.fit_impact(features[use], centres[use])
+
+
+def _shower_units(data: training_data.Dataset) -> np.ndarray:
+    """(N,) each entry's typical shower in counts: its energy x the median counts per GeV of the
+    training showers, so that linear channel sums of all particles share one scale."""
+    energy = np.maximum(data.features[:, 0].astype(np.float64), 1e-3)
+    totals = data.channels.sum(1)
+    showers = totals >= geometry.MIN_MEAN_COUNTS
+    per_gev = float(np.median(totals[showers] / energy[showers])) if showers.any() else 1.0
+    return energy * per_gev
 
 
 def _fit_envelope(generator: Generator, features: torch.Tensor, data: training_data.Dataset, seed: int,
