@@ -124,7 +124,8 @@ class _Run:
         # The moving average of the generator is what is validated and shipped (with ema 0: itself).
         self.average = copy.deepcopy(self.generator).requires_grad_(False) if config.ema > 0 else self.generator
         self.real_channels = torch.from_numpy(np.log1p(self.train_set.channels)).float()
-        self.units = torch.from_numpy(_shower_units(self.train_set)).float()
+        self.units = refit.shower_units(torch.from_numpy(self.train_set.features[:, 0]).float(),
+                                        torch.from_numpy(self.train_set.channels.sum(1)).float())
         self.latent_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
         self.fingerprint = checkpoint.file_fingerprint(config.data)
         self.state = Progress()
@@ -422,16 +423,6 @@ def _fit_impact(generator: Generator, features: torch.Tensor, data: training_dat
     return generator.fit_impact(features[use], centres[use])
 
 
-def _shower_units(data: training_data.Dataset) -> np.ndarray:
-    """(N,) each entry's typical shower in counts: its energy x the median counts per GeV of the
-    training showers, so that linear channel sums of all particles share one scale."""
-    energy = np.maximum(data.features[:, 0].astype(np.float64), 1e-3)
-    totals = data.channels.sum(1)
-    showers = totals >= geometry.MIN_MEAN_COUNTS
-    per_gev = float(np.median(totals[showers] / energy[showers])) if showers.any() else 1.0
-    return energy * per_gev
-
-
 def _fit_envelope(generator: Generator, features: torch.Tensor, data: training_data.Dataset, seed: int,
                   showers: int = 10000) -> None:
     """Fit the shape envelope (Generator.fit_envelope) on up to `showers` real showers that the
@@ -486,8 +477,8 @@ def _fit_total_heads(generator: Generator, features: torch.Tensor, data: trainin
         (loss_mean + loss_scale).backward()
         opt.step()
     with torch.no_grad():
-        z = torch.randn(len(use), generator.config.latent_dim, generator=g) * torch.sigmoid(generator.gate(condition[use]))
-        h = generator.total(torch.cat([z, condition[use]], 1))[:, 0]
+        z = torch.randn(len(use), generator.config.latent_dim, generator=g)
+        h = generator.total(generator.gated_inputs(z, condition[use]))[:, 0]
         last = generator.total[-1]
         last.weight.div_(h.std().clamp_min(1e-6))
         last.bias.sub_(h.mean()).div_(h.std().clamp_min(1e-6))

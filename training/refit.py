@@ -32,12 +32,18 @@ def total_parameters(generator: Generator) -> list[torch.nn.Parameter]:
 
 
 def _log_total(generator: Generator, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """log of the total counts before the shape cuts it at the face's edge (the head of mean_counts)."""
+    """(N,) log of the total counts before the shape cuts it at the face's edge."""
     condition = generator.conditioner(features)
-    inputs = torch.cat([z * torch.sigmoid(generator.gate(condition)), condition], 1)
-    scale = torch.exp(generator.total_scale(condition).clamp(max=2.0))
-    log_total = generator.total_mean(condition) + scale * generator.total(inputs)
-    return log_total.clamp(-25.0, 25.0)[:, 0] + torch.log(generator.intensity)
+    return generator.log_total(generator.gated_inputs(z, condition), condition)[:, 0]
+
+
+def shower_units(energy: torch.Tensor, totals: torch.Tensor) -> torch.Tensor:
+    """(N,) counts of each particle's (or entry's) typical shower: its energy x the median counts
+    per GeV of the showers among `totals` (N,), so that totals of all particles share one scale."""
+    energy = energy.clamp_min(1e-3)
+    showers = totals >= geometry.MIN_MEAN_COUNTS
+    per_gev = float(torch.median(totals[showers] / energy[showers])) if showers.any() else 1.0
+    return energy * per_gev
 
 
 def energy_score_1d(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -67,10 +73,7 @@ def refit_total(generator: Generator, features: torch.Tensor, energy: np.ndarray
             face.append(generator.mean_counts(z, x).sum((1, 2)) / torch.exp(_log_total(generator, z, x)).clamp_min(1e-30))
         face = torch.nan_to_num(torch.cat(face)).clamp(0.0, 1.0)
     totals = torch.from_numpy(np.asarray(real_totals, dtype=np.float64)).float()
-    energy_t = torch.from_numpy(np.asarray(energy, dtype=np.float64)).float().clamp_min(1e-3)
-    showers = totals.mean(1) >= geometry.MIN_MEAN_COUNTS
-    per_gev = float(torch.median(totals.mean(1)[showers] / energy_t[showers])) if showers.any() else 1.0
-    unit = energy_t * per_gev  # counts of a particle's typical shower: puts every particle on one scale
+    unit = shower_units(torch.from_numpy(np.asarray(energy, dtype=np.float64)).float(), totals.mean(1))
     weight = torch.from_numpy(np.where(species.shower_class(pdg) == species.ELECTROMAGNETIC, EM_WEIGHT, 1.0)).float()
     held = torch.arange(n) >= n - max(1, n // 10)
     fit_index = torch.nonzero(~held)[:, 0]

@@ -284,24 +284,33 @@ class Generator(nn.Module):
         condition = self.conditioner(features)
         return (condition @ self.impact_weight.T + self.impact_bias).clamp(-20.0, 20.0)
 
-    def mean_counts(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Mean photon counts (N, 44, 44), before photon statistics."""
-        config = self.config
-        condition = self.conditioner(features)
-        if config.latent_gate:
+    def gated_inputs(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """(latent, gated per particle when latent_gate is on; condition): what the dense stack and
+        the total head read."""
+        if self.config.latent_gate:
             z = z * torch.sigmoid(self.gate(condition))
-        inputs = torch.cat([z, condition], 1)
-        h = self.dense(inputs).view(-1, 4 * config.width, COARSE, COARSE)
-        if next(self.upsample.parameters()).is_contiguous(memory_format=torch.channels_last):
-            h = h.contiguous(memory_format=torch.channels_last)  # see Simulator: faster CPU kernels
-        logits = self.upsample(h).flatten(1)  # no batch size in the graph: ONNX export keeps it dynamic
-        if config.latent_gate:
+        return torch.cat([z, condition], 1)
+
+    def log_total(self, inputs: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """(N, 1) log of the total counts before the face cuts the shape off, intensity included."""
+        if self.config.latent_gate:
             scale = torch.exp(self.total_scale(condition).clamp(max=2.0))
             log_total = self.total_mean(condition) + scale * self.total(inputs)
         else:
             log_total = self.total(inputs)
         # Bounded (e^25 ~ 7e10 photons), so a particle far outside the training range cannot overflow.
-        log_total = log_total.clamp(-25.0, 25.0) + torch.log(self.intensity)
+        return log_total.clamp(-25.0, 25.0) + torch.log(self.intensity)
+
+    def mean_counts(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Mean photon counts (N, 44, 44), before photon statistics."""
+        config = self.config
+        condition = self.conditioner(features)
+        inputs = self.gated_inputs(z, condition)
+        h = self.dense(inputs).view(-1, 4 * config.width, COARSE, COARSE)
+        if next(self.upsample.parameters()).is_contiguous(memory_format=torch.channels_last):
+            h = h.contiguous(memory_format=torch.channels_last)  # see Simulator: faster CPU kernels
+        logits = self.upsample(h).flatten(1)  # no batch size in the graph: ONNX export keeps it dynamic
+        log_total = self.log_total(inputs, condition)
         if not config.impact_frame:
             return torch.exp(log_total + torch.log_softmax(logits, dim=1)).view(-1, GRID, GRID)
         shape = torch.softmax(logits + self.prior, dim=1).view(-1, 1, GRID, GRID)
