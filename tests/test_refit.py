@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from training import refit
-from zdc_sim import features, reference
+from zdc_sim import features, geometry, reference
 from zdc_sim.models import SIZES, Generator, ModelConfig
 
 
@@ -67,3 +67,25 @@ def test_refit_needs_the_location_scale_total():
     gen = Generator(ModelConfig(width=4, hidden=32, disc_width=4, latent_gate=False))
     with pytest.raises(ValueError, match="latent_gate"):
         refit.refit_total(gen, torch.zeros(4, 9), np.ones(4), np.full(4, 2112), np.ones((4, 2)), steps=1)
+
+
+def test_shape_temperature_fit_recovers_the_temperature_that_made_the_showers():
+    gen, x, raw, _ = _generator_and_particles(n=200)
+    gen.set_total_scale(np.log(20000.0))  # showers large enough that photon statistics do not hide the shape
+    with torch.no_grad():  # a shape that the latent moves a lot, so its spread is measurable
+        gen.dense[0][0].weight[:, : gen.config.latent_dim].mul_(20.0)
+        gen.upsample[-1].weight.mul_(30.0)
+        gen.shape_temperature.fill_(0.5)
+        random = torch.randn(len(x) * 2, gen.config.random_dim, generator=torch.Generator().manual_seed(3))
+        real = geometry.channel_sums(gen.counts(random, x.repeat_interleave(2, 0)).double().numpy())
+    real = real.reshape(len(x), 2, 5)
+    gen.shape_temperature.fill_(1.0)
+    before = {k: v.clone() for k, v in gen.state_dict().items() if k != "shape_temperature"}
+    result = refit.fit_shape_temperature(gen, x, real, seed=9, temperatures=[0.2, 0.35, 0.5, 0.65, 1.0])
+    assert result["temperature"] == pytest.approx(float(gen.shape_temperature))
+    assert abs(result["temperature"] - 0.5) <= 0.1, result
+    scores = dict(zip(result["temperatures"], result["tower_ws"]))
+    assert scores[1.0] > 1.5 * min(scores.values())  # the first guess, 1, was clearly worse
+    for key, value in gen.state_dict().items():  # nothing else moves
+        if key in before:
+            torch.testing.assert_close(value, before[key], rtol=0, atol=0)

@@ -45,6 +45,9 @@ def test_training_writes_checkpoints_log_and_plots(tiny_file, tmp_path):
     assert meta["dataset_fingerprint"].startswith("sha256:") and meta["validation_before_intensity"]["ws_mean"] == min(
         r["val"]["ws_mean"] for r in records)
     assert all(r["total_refit"]["steps"] == 10 and "ws_mean" in r["val_before_refit"] for r in records)
+    # The shape temperature is fitted before the refit, on the grid, and shipped with the best epoch.
+    assert all(r["shape_temperature"]["temperature"] in r["shape_temperature"]["temperatures"] for r in records)
+    assert float(_weights(best)["generator.shape_temperature"]) == pytest.approx(meta["shape_temperature"]["temperature"])
     assert meta["total_refit"]["steps"] == 10 and meta["validation_before_refit"]["ws_mean"] != meta[
         "validation_before_intensity"]["ws_mean"]
     assert sim.simulate(sim_features(tiny_file), seed=0).counts.shape[1:] == (44, 44)
@@ -67,6 +70,8 @@ def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, 
     for key, value in best.items():
         name = key.split(".", 1)[1]
         expected = last["average." + name] * (factor if name == "intensity" else 1)
+        if name == "shape_temperature":  # fitted on the copy that is validated and shipped
+            expected = torch.tensor(meta["shape_temperature"]["temperature"])
         torch.testing.assert_close(value, expected, rtol=1e-6, atol=0)
     assert any(not torch.equal(last["average." + k.split(".", 1)[1]], last[k])
                for k in last if k.startswith("generator.") and "weight" in k)
@@ -80,7 +85,8 @@ def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, 
 
 def test_total_refit_moves_only_the_total_heads_of_the_shipped_average(tiny_file, tmp_path):
     out = tmp_path / "refit"
-    loop.train(_config(tiny_file, out, epochs=1, total_refit=30, fit_intensity=False), progress_bar=False)
+    loop.train(_config(tiny_file, out, epochs=1, total_refit=30, fit_intensity=False, shape_temperature=False),
+               progress_bar=False)
     last, _ = checkpoint.load(out / "last.safetensors")
     best, meta = checkpoint.load(out / "best.safetensors")
     assert meta["total_refit"]["steps"] == 30 and "validation_before_refit" in meta
@@ -91,9 +97,12 @@ def test_total_refit_moves_only_the_total_heads_of_the_shipped_average(tiny_file
 def test_energy_score_and_average_can_be_switched_off(tiny_file, tmp_path):
     out = tmp_path / "off"
     loop.train(_config(tiny_file, out, epochs=1, energy_score=0, energy_score_image=0, ema=0, lr_decay=0,
-                       fit_intensity=False, regularizer="none"), progress_bar=False)
+                       fit_intensity=False, regularizer="none", total_refit=0, shape_temperature=False),
+               progress_bar=False)
     record = json.loads((out / "metrics.jsonl").read_text())
     assert record["loss_score"] == 0.0 and record["loss_reg"] == 0.0
+    assert not {"shape_temperature", "total_refit", "val_before_refit"} & set(record)
+    assert float(_weights(out / "best.safetensors")["generator.shape_temperature"]) == 1.0
     last, meta_last = checkpoint.load(out / "last.safetensors")
     assert not any(k.startswith("average.") for k in last)
     assert meta_last["optimizers"]["opt_g"][0]["lr"] == 2e-4

@@ -49,9 +49,12 @@ class TrainConfig:
     energy_score_linear: float = 0.0
     ema: float = 0.999  # decay of the generator's moving average (validated and shipped); 0: none
     lr_decay: float = 1 / 3  # share of the last steps over which learning rates fall linearly to 5 %
-    # At each epoch's end, a copy of the moving average gets its total head refitted by the energy
-    # score of the total per GeV for this many steps (training/refit.py; 0 disables); that copy is
-    # validated and, when best, saved (then the intensity factor at the end of the run).
+    # At each epoch's end, a copy of the moving average gets its shape temperature fitted (one
+    # factor on the latent the shape stack reads, chosen on the towers' WS of training particles),
+    # then its total head refitted by the energy score of the total per GeV for total_refit steps
+    # (training/refit.py; 0 disables); that copy is validated and, when best, saved (then the
+    # intensity factor at the end of the run).
+    shape_temperature: bool = True
     total_refit: int = 2000
     fit_intensity: bool = True  # fit one factor on counts to the training data at the end
     seed: int = 0

@@ -38,6 +38,7 @@ from .losses import energy_score_loss
 
 BEST, LAST, LOG = "best.safetensors", "last.safetensors", "metrics.jsonl"
 VALIDATION_SEED = 12345  # latents of validation: the same every epoch so epochs compare fairly
+TEMPERATURE_PARTICLES = 10000  # training particles the shape temperature is chosen on (~2 min on 2 cores)
 INSIDE_CM = 2.5  # showers centred this close to the face centre are not cut by its edge
 
 
@@ -256,20 +257,19 @@ class _Run:
         self.state.epoch += 1
         self.state.batch = 0
         if self.rank == 0:
-            candidate, refitted = self._refitted()
+            candidate, fits = self._post_processed()
             report = self.validate(copy.deepcopy(candidate))
             record = {"epoch": self.state.epoch, "step": self.state.step, "seconds": round(seconds, 2),
                       "loss_d": float(mean_losses[0]), "loss_g_adv": float(mean_losses[1]),
                       "loss_reg": float(mean_losses[2]), "loss_score": float(mean_losses[3]), "val": report}
-            if refitted is not None:
-                record.update(total_refit=refitted, val_before_refit=self.validate())
+            if fits:
+                record.update(fits, val_before_refit=self.validate())
             self.state.history.append(record)
             with open(self.out / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if report["ws_mean"] < self.state.best_ws:
                 self.state.best_ws = report["ws_mean"]
-                extra = {} if refitted is None else {"total_refit": refitted,
-                                                     "validation_before_refit": record["val_before_refit"]}
+                extra = {**fits, "validation_before_refit": record["val_before_refit"]} if fits else {}
                 checkpoint.save(self.out / BEST, checkpoint.prefixed("generator", candidate.state_dict()),
                                 self._metadata(validation=report, epoch=self.state.epoch, **extra))
             if self.progress_bar:
@@ -293,23 +293,35 @@ class _Run:
                                   v["pdg"], v["channels"], self.config.val_samples, VALIDATION_SEED,
                                   real_centres=v["centres"], bootstrap=0)
 
-    def _refitted(self, particles: int = 50000) -> tuple[Generator, dict | None]:
-        """A copy of the moving average with its total head refitted by the energy score of the
-        total per GeV (training/refit.py) on up to `particles` training particles, and the refit's
-        record; with total_refit 0, the average itself and None. Each epoch's candidate is refitted
-        before it is validated, so the best epoch is chosen on what is shipped."""
-        if not self.config.total_refit or not self.average.config.latent_gate:
-            return self.average, None
+    def _post_processed(self, particles: int = 50000) -> tuple[Generator, dict]:
+        """A copy of the moving average post-processed on training particles (training/refit.py):
+        its shape temperature fitted on the first TEMPERATURE_PARTICLES (shape_temperature), then its
+        total head refitted by the energy score of the total per GeV on up to `particles`
+        (total_refit steps); and the record of each fit. With both off: the average itself and {}.
+        Each epoch's candidate is post-processed before it is validated, so the best epoch is
+        chosen on what is shipped."""
+        config = self.config
+        refit_total = bool(config.total_refit) and self.average.config.latent_gate
+        if not (refit_total or config.shape_temperature):
+            return self.average, {}
         if not hasattr(self, "_refit_data"):
             _, (feats, pdg, channels) = metrics.group_repeats(self.train_set.particle_id, self.train_set.features,
                                                               self.train_set.pdg, self.train_set.channels)
             feats = feats[:particles, 0]
             self._refit_data = (torch.from_numpy(self.standardizer.transform(feats)), feats[:, 0], pdg[:particles, 0],
-                                channels[:particles].sum(-1))
-        candidate = copy.deepcopy(self.average).cpu().requires_grad_(True).train()
-        result = refit.refit_total(candidate, *self._refit_data, self.config.total_refit,
-                                   seed=self.config.seed * 1000 + self.state.epoch)
-        return candidate.requires_grad_(False).eval().to(self.device), result
+                                channels[:particles])
+        features, energy, pdg, channels = self._refit_data
+        candidate = copy.deepcopy(self.average).cpu()
+        seed = config.seed * 1000 + self.state.epoch
+        fits = {}
+        if config.shape_temperature:
+            fits["shape_temperature"] = refit.fit_shape_temperature(
+                candidate, features[:TEMPERATURE_PARTICLES], channels[:TEMPERATURE_PARTICLES], seed=seed)
+        if refit_total:
+            candidate.requires_grad_(True).train()
+            fits["total_refit"] = refit.refit_total(candidate, features, energy, pdg, channels.sum(-1),
+                                                    config.total_refit, seed=seed)
+        return candidate.requires_grad_(False).eval().to(self.device), fits
 
     def _fit_intensity(self, particles: int = 20000) -> None:
         """The published post-processing: one factor in [0.9, 1.1] on the counts of the best

@@ -228,6 +228,10 @@ class Generator(nn.Module):
             self.register_buffer("pixel_x", centres)  # columns, left to right
             self.register_buffer("pixel_y", centres.flip(0))  # rows, top (high y) to bottom
         self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
+        # Post-processing factor on the latent the shape stack reads (the total head reads it as it
+        # is): fitted after training (training/refit.py), since adversarial training leaves the
+        # shapes of one particle more varied than real showers (far towers' spread 1.25x).
+        self.register_buffer("shape_temperature", torch.ones(()))
 
     @torch.no_grad()
     def set_total_scale(self, mean_log_total: float) -> None:
@@ -306,7 +310,8 @@ class Generator(nn.Module):
         config = self.config
         condition = self.conditioner(features)
         inputs = self.gated_inputs(z, condition)
-        h = self.dense(inputs).view(-1, 4 * config.width, COARSE, COARSE)
+        shape_inputs = torch.cat([inputs[:, : config.latent_dim] * self.shape_temperature, condition], 1)
+        h = self.dense(shape_inputs).view(-1, 4 * config.width, COARSE, COARSE)
         if next(self.upsample.parameters()).is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)  # see Simulator: faster CPU kernels
         logits = self.upsample(h).flatten(1)  # no batch size in the graph: ONNX export keeps it dynamic

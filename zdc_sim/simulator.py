@@ -131,6 +131,7 @@ class Simulator:
             generator = Generator(ModelConfig.from_dict(meta["model"]))
             weights = checkpoint.unprefixed("generator", tensors)
             weights.setdefault("intensity", torch.ones(()))  # checkpoints from before post-processing
+            weights.setdefault("shape_temperature", torch.ones(()))  # and from before the shape's
             generator.load_state_dict(weights)
             standardizer = features.Standardizer.from_dict(meta["standardizer"])
         except (KeyError, TypeError, RuntimeError) as exc:
