@@ -39,7 +39,7 @@ bench: $(STAMP)
 bench-regularizers: $(STAMP)
 	$(BIN)/zdc-sim bench regularizers --out bench/out/regularizers --workers 2
 
-# Reproduces the shipped default model (about 35 minutes of training on 2 CPU cores): 100,000 training particles x 2
+# Reproduces the shipped default model (35-65 minutes of training on 2 CPU cores): 100,000 training particles x 2
 # repeats (seed 1), a validation set that picks the best epoch (seed 3) and the held-out set it is
 # judged on (10,000 particles x 4, seed 2, never trained or validated on).
 TRAIN_SET ?= data/train100k.root
