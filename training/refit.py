@@ -21,9 +21,8 @@ import copy
 
 import numpy as np
 import torch
-from scipy.stats import wasserstein_distance
 
-from zdc_sim import geometry, species
+from zdc_sim import geometry, metrics, species
 from zdc_sim.models import Generator
 
 # Electromagnetic totals spread by ~2 % where hadronic ones spread by ~30 %, so in the unweighted
@@ -48,20 +47,19 @@ def fit_shape_temperature(generator: Generator, features: torch.Tensor, real_cha
     candidate. Returns the chosen temperature and the towers' mean WS at each candidate."""
     model = copy.deepcopy(generator).to(memory_format=torch.channels_last)  # faster CPU kernels
     real = np.asarray(real_channels, dtype=np.float64)
-    n, repeats = real.shape[:2]
+    repeats = real.shape[1]
     x = features.float().repeat_interleave(repeats, 0)
     g = torch.Generator().manual_seed(seed)
     random = torch.randn(len(x), generator.config.random_dim, generator=g)
-    real_totals = real.sum(-1).reshape(-1, 1)
-    real_towers = real[..., :4].reshape(-1, 4)
+    real = real.reshape(-1, geometry.N_CHANNELS)
+    real_totals = real.sum(1, keepdims=True)
     scores = []
     for t in temperatures:
         model.shape_temperature.fill_(float(t))
         counts = torch.cat([model.counts(random[i : i + chunk], x[i : i + chunk]) for i in range(0, len(x), chunk)])
         channels = geometry.channel_sums(counts.double().numpy())
-        fractions = channels[:, :4] / np.maximum(channels.sum(1, keepdims=True), 1.0)
-        towers = fractions * real_totals
-        scores.append(float(np.mean([wasserstein_distance(real_towers[:, c], towers[:, c]) for c in range(4)])))
+        fractions = channels / np.maximum(channels.sum(1, keepdims=True), 1.0)
+        scores.append(float(metrics.ws_channels(real, fractions * real_totals)[:4].mean()))  # the towers
     best = float(temperatures[int(np.argmin(scores))])
     generator.shape_temperature.fill_(best)
     return {"temperature": best, "temperatures": [float(t) for t in temperatures], "tower_ws": scores}
