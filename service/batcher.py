@@ -2,14 +2,17 @@
 pass of up to `max_batch_size` particles; larger requests are split into pieces. The queue is
 bounded in particles: a request that would overflow it is refused at once (QueueFull), never
 left waiting. Forward passes run one at a time in a worker thread, so the event loop keeps
-accepting and parsing requests meanwhile. Each piece carries its own latents (drawn from the
-request's seed), so a seeded request gets the same latents however it was batched.
+accepting and parsing requests meanwhile. Each piece carries its own latents, or the seed and
+first row to draw them from in the worker thread (~0.1 ms a request that the event loop, the
+bottleneck of a server flooded with single particles, does not spend), so a seeded request gets
+the same latents however it was batched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +29,9 @@ class QueueFull(Exception):
 @dataclass
 class _Piece:
     features: np.ndarray
-    latents: np.ndarray
+    latents: np.ndarray | None  # None: drawn in the worker from (seed, start)
+    seed: int
+    start: int
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -59,19 +64,24 @@ class DynamicBatcher:
                 await self._worker
         self._executor.shutdown(wait=True)
 
-    async def simulate(self, raw_features: np.ndarray, latents: np.ndarray) -> Simulation:
+    async def simulate(self, raw_features: np.ndarray, latents: np.ndarray | None = None, *,
+                       seed: int | None = None, row_start: int = 0) -> Simulation:
+        """Simulate validated features with the given latents, or else with the latents of rows
+        row_start.. of `seed` (random when None), `Simulator.latents`'s."""
         n = len(raw_features)
         if self.pending + n > self.capacity:
             raise QueueFull(f"Exceeds maximum queue size: {self.pending} particles queued, request of {n}, "
                             f"limit {self.capacity}")
         self.pending += n
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") >> 1  # one seed for all pieces of the request
         loop = asyncio.get_running_loop()
-        pieces = [_Piece(raw_features[i : i + self.max_batch], latents[i : i + self.max_batch], loop.create_future())
-                  for i in range(0, n, self.max_batch)]
+        pieces = [_Piece(raw_features[i : i + self.max_batch], None if latents is None else latents[i : i + self.max_batch],
+                         seed, row_start + i, loop.create_future()) for i in range(0, n, self.max_batch)]
         for piece in pieces:
             self._queue.put_nowait(piece)
         try:
-            results = await asyncio.gather(*(p.future for p in pieces))
+            results = [await pieces[0].future] if len(pieces) == 1 else await asyncio.gather(*(p.future for p in pieces))
         finally:
             self.pending -= n
         if len(results) == 1:
@@ -108,17 +118,15 @@ class DynamicBatcher:
         while True:
             batch = await self._next_batch()
             started = time.perf_counter()
-            feats = np.concatenate([p.features for p in batch]) if len(batch) > 1 else batch[0].features
-            z = np.concatenate([p.latents for p in batch]) if len(batch) > 1 else batch[0].latents
             try:
-                out = await loop.run_in_executor(self._executor, self.simulator.simulate_latents, feats, z)
+                out = await loop.run_in_executor(self._executor, self._simulate, batch)
             except Exception as exc:  # a failure of the model must reach the callers, not kill the worker
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
             done = time.perf_counter()
-            self.observe(batch=len(feats), compute_s=done - started,
+            self.observe(batch=len(out.counts), compute_s=done - started,
                          queue_s=[started - p.enqueued for p in batch])
             start = 0
             for p in batch:
@@ -126,3 +134,11 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_result(Simulation(out.counts[start:stop], out.channels[start:stop]))
                 start = stop
+
+    def _simulate(self, batch: list[_Piece]) -> Simulation:
+        """One forward pass over the batch's pieces (in the worker thread)."""
+        latents = [p.latents if p.latents is not None else self.simulator.latents(len(p.features), p.seed, p.start)
+                   for p in batch]
+        if len(batch) == 1:
+            return self.simulator.simulate_latents(batch[0].features, latents[0])
+        return self.simulator.simulate_latents(np.concatenate([p.features for p in batch]), np.concatenate(latents))

@@ -50,4 +50,4 @@ class ServiceState:
             raise ServiceError(422, "request has 0 particles; expected at least 1")
         if not extrapolate:
             self.simulator.check_domain(raw, source=source)
-        return await self.batcher.simulate(raw, self.simulator.latents(n, seed, row_start))
+        return await self.batcher.simulate(raw, seed=seed, row_start=row_start)

@@ -41,6 +41,25 @@ def test_batching_coalesces_splits_and_keeps_seeded_outputs(tiny_checkpoint):
     assert batches == [3, 3, 3, 3, 8, 4]
 
 
+def test_latents_drawn_in_the_worker_are_the_seeds_rows(tiny_checkpoint):
+    """A request that gives its seed and first row, not latents, gets those rows' latents
+    (drawn in the worker thread), split into pieces or not; without a seed, fresh ones."""
+    sim = _small_simulator(tiny_checkpoint)
+    feats = features.validate(reference.sample_particles(20, np.random.default_rng(3))[0])
+
+    async def run():
+        batcher = DynamicBatcher(sim, max_batch_size=8, max_queue_delay_ms=5, max_queue_particles=100)
+        batcher.start()
+        results = await asyncio.gather(batcher.simulate(feats, seed=7, row_start=5),
+                                       batcher.simulate(feats[:3]), batcher.simulate(feats[:3]))
+        await batcher.stop()
+        return results
+
+    seeded, fresh, again = asyncio.run(run())
+    np.testing.assert_array_equal(seeded.counts, sim.simulate_latents(feats, sim.latents(20, 7, start=5)).counts)
+    assert not np.array_equal(fresh.counts, again.counts)
+
+
 def test_stopping_the_batcher_finishes_what_is_queued(tiny_checkpoint):
     sim = _small_simulator(tiny_checkpoint)
     feats = features.validate(reference.sample_particles(40, np.random.default_rng(2))[0])

@@ -1,9 +1,13 @@
+import io
 import json
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
+
+from service.encoding import _npy_array, npy_features
+from zdc_sim.errors import ZdcError
 
 from .conftest import PARTICLE
 
@@ -31,3 +35,30 @@ def test_binary_answers_name_their_tensors(client):
     r = client.post("/v1/simulate", json={"particles": [PARTICLE] * 2, "seed": 1, "output": "channels"},
                     headers={"Accept": "application/octet-stream"})
     assert r.headers["x-tensors"] == "channels:float32:2,5" and len(r.content) == 2 * 5 * 4
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+@pytest.mark.parametrize("array", [np.full((3, 9), 1.5, np.float32), np.asfortranarray(np.arange(36.0).reshape(4, 9)),
+                                   np.arange(18, dtype=">i8").reshape(2, 9), np.zeros((0, 9))])
+def test_npy_bodies_read_as_numpy_reads_them(array, version):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=version)
+    body = buffer.getvalue()
+    for _ in range(2):  # the second read takes the parsed header from the cache
+        got = _npy_array(body)
+        want = np.load(io.BytesIO(body))
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_broken_npy_bodies_are_named():
+    good = io.BytesIO()
+    np.save(good, np.ones((2, 9), np.float32))
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([[1, None]], object), allow_pickle=True)
+    cases = {b"PK\x03\x04 a zip": "magic", good.getvalue()[:9]: "header needs", good.getvalue()[:-4]: "needs 72 data bytes",
+             good.getvalue() + b"\0" * 4: "found 76", pickled.getvalue(): "object arrays"}
+    for body, reason in cases.items():
+        with pytest.raises(ZdcError, match="not a readable .npy") as err:
+            npy_features(body)
+        assert reason in str(err.value)
