@@ -1,5 +1,6 @@
 """The FastAPI app: `create_app(settings)` loads the model, starts the batcher and mounts the
-native routes (`service.native`) and the Open Inference Protocol v2 (`service.oip`). Every answer
+native routes (`service.native`) and the Open Inference Protocol v2 (`service.oip`), the
+simulate routes also ahead of FastAPI's routing (`service.fastlane`). Every answer
 carries the model name and version (X-Model-Name, X-Model-Version headers)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from zdc_sim.simulator import Simulator
 from . import native, oip
 from .batcher import DynamicBatcher
 from .errors import install_handlers
+from .fastlane import FastLane
 from .metrics import Metrics
 from .settings import Settings
 from .state import ServiceState
@@ -85,8 +87,9 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
     app = FastAPI(title="zdc-sim", version=__version__, lifespan=lifespan,
                   description="Fast simulation of the ALICE ZN calorimeter: particles in, 44 x 44 responses out.")
     app.state.zdc = state
-    app.add_middleware(_Observe, state=state)
     install_handlers(app)
     app.include_router(native.router(state))
     app.include_router(oip.router(state))
+    app.add_middleware(FastLane, state=state)
+    app.add_middleware(_Observe, state=state)  # added last: outermost, so it sees the fast lane's answers too
     return app

@@ -30,18 +30,23 @@ def validation_message(exc: ValidationError | RequestValidationError, prefix: st
     return "; ".join(parts[:5]) + (f" (and {len(parts) - 5} more)" if len(parts) > 5 else "")
 
 
-def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(request, exc: ServiceError):
+def error_response(exc: Exception) -> JSONResponse | None:
+    """The answer to an error the client caused (None for any other exception: a 500)."""
+    if isinstance(exc, ServiceError):
         return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
-
-    @app.exception_handler(QueueFull)
-    async def _queue_full(request, exc: QueueFull):
+    if isinstance(exc, QueueFull):
         return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "1"})
-
-    @app.exception_handler(ZdcError)
-    async def _user_error(request, exc: ZdcError):
+    if isinstance(exc, ZdcError):
         return JSONResponse({"error": str(exc)}, 422)
+    return None
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def _client_error(request, exc):
+        return error_response(exc)
+
+    for kind in (ServiceError, QueueFull, ZdcError):
+        app.add_exception_handler(kind, _client_error)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import get_args
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from zdc_sim import features, rootio
 from zdc_sim.errors import ZdcError
@@ -18,8 +19,58 @@ from zdc_sim.export import export_file
 
 from .encoding import NPY, OCTET, binary_response, npy_features, read_body, request_features
 from .errors import ServiceError, validation_message
-from .schemas import Output, SimulateRequest, check_seed
+from .schemas import MAX_SEED, Output, SimulateRequest, check_seed
 from .state import ServiceState
+
+
+SIMULATE_QUERY = [  # read by simulate_query, for .npy bodies (a JSON body carries its own)
+    {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}},
+    {"name": "output", "in": "query", "schema": {"enum": list(get_args(Output)), "default": "both"}},
+    {"name": "extrapolate", "in": "query", "schema": {"type": "boolean", "default": False}},
+]
+_BOOL = TypeAdapter(bool)
+
+
+def simulate_query(query) -> tuple[int | None, str, bool]:
+    """(seed, output, extrapolate) from the query string, or 422 naming the parameter."""
+    seed = check_seed(query.get("seed"), "query 'seed'")
+    output = query.get("output", "both")
+    if output not in get_args(Output):
+        raise ServiceError(422, f"query 'output': {output!r}; expected one of {list(get_args(Output))}")
+    try:
+        extrapolate = _BOOL.validate_python(query.get("extrapolate", False))
+    except ValidationError:
+        raise ServiceError(422, f"query 'extrapolate': {query.get('extrapolate')!r}; expected true or false") from None
+    return seed, output, extrapolate
+
+
+async def simulate_response(state: ServiceState, request: Request) -> Response:
+    """POST /v1/simulate (the route's docstring says what it takes and answers)."""
+    seed, output, extrapolate = simulate_query(request.query_params)
+    body = await read_body(request, state.settings.max_request_bytes)
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type == NPY:
+        raw, source = npy_features(body), "body"
+    elif content_type in ("application/json", ""):
+        try:
+            req = SimulateRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise ServiceError(422, validation_message(exc)) from None
+        raw, seed, output, extrapolate = request_features(req), req.seed, req.output, req.extrapolate
+        source = "particles" if req.particles is not None else "columns"
+    else:
+        raise ServiceError(415, f"Content-Type '{content_type}'; expected application/json or {NPY}")
+    sim = await state.simulate(raw, seed, extrapolate, source)
+    headers = {"X-Seed": str(seed)} if seed is not None else {}
+    accept = request.headers.get("accept", "application/json").split(",")[0].split(";")[0].strip()
+    if accept in (NPY, OCTET):
+        return binary_response(sim, output, accept, headers)
+    answer = {"model": state.settings.model_name, "model_version": state.version, "seed": seed, "particles": len(raw)}
+    if output in ("responses", "both"):
+        answer["responses"] = sim.counts.tolist()
+    if output in ("channels", "both"):
+        answer["channels"] = sim.channels.tolist()
+    return JSONResponse(answer, headers=headers)
 
 
 def router(state: ServiceState) -> APIRouter:
@@ -54,41 +105,17 @@ def router(state: ServiceState) -> APIRouter:
                 "training": meta.get("training"), "validation": meta.get("validation")}
 
     @api.post("/v1/simulate", summary="simulate ZN responses for a batch of particles",
-              openapi_extra={"requestBody": {"required": True, "content": {
+              openapi_extra={"parameters": SIMULATE_QUERY, "requestBody": {"required": True, "content": {
                   "application/json": {"schema": SimulateRequest.model_json_schema()},
                   NPY: {"schema": {"type": "string", "format": "binary"}}}}})
-    async def simulate(request: Request, seed: int | None = None, output: Output = "both", extrapolate: bool = False):
+    async def simulate(request: Request):
         """JSON {"particles": [[9 floats], ...]} or {"columns": {...}}, or an .npy (N, 9) body with
         Content-Type application/x-npy (seed, output and extrapolate then come from the query).
         Answers JSON, or with Accept application/octet-stream (raw little-endian float32) or
         application/x-npy the tensors in binary, their names, dtype and shapes in the X-Tensors
         header. Particles outside the model's trained feature ranges are refused (422) unless
         extrapolate is true."""
-        seed = check_seed(seed, "query 'seed'")
-        body = await read_body(request, settings.max_request_bytes)
-        content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        if content_type == NPY:
-            raw, source = npy_features(body), "body"
-        elif content_type in ("application/json", ""):
-            try:
-                req = SimulateRequest.model_validate_json(body)
-            except ValidationError as exc:
-                raise ServiceError(422, validation_message(exc)) from None
-            raw, seed, output, extrapolate = request_features(req), req.seed, req.output, req.extrapolate
-            source = "particles" if req.particles is not None else "columns"
-        else:
-            raise ServiceError(415, f"Content-Type '{content_type}'; expected application/json or {NPY}")
-        sim = await state.simulate(raw, seed, extrapolate, source)
-        headers = {"X-Seed": str(seed)} if seed is not None else {}
-        accept = request.headers.get("accept", "application/json").split(",")[0].split(";")[0].strip()
-        if accept in (NPY, OCTET):
-            return binary_response(sim, output, accept, headers)
-        answer = {"model": settings.model_name, "model_version": state.version, "seed": seed, "particles": len(raw)}
-        if output in ("responses", "both"):
-            answer["responses"] = sim.counts.tolist()
-        if output in ("channels", "both"):
-            answer["channels"] = sim.channels.tolist()
-        return JSONResponse(answer, headers=headers)
+        return await simulate_response(state, request)
 
     @api.post("/v1/export", summary="upload a ROOT file of particles, receive a ROOT file of responses",
               openapi_extra={"requestBody": {"required": True, "content": {

@@ -89,15 +89,72 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, d
     return request, tensors
 
 
+def check_served(state: ServiceState, model: str, version: str | None) -> None:
+    """404 unless `model` (and `version`, when given) is what this server serves."""
+    if model != state.settings.model_name:
+        raise ServiceError(404, f"model '{model}' is not served; expected '{state.settings.model_name}'")
+    if version is not None and version != state.version:
+        raise ServiceError(404, f"model '{model}' version '{version}' is not served; expected '{state.version}'")
+
+
+async def infer_response(state: ServiceState, request: Request, model: str, version: str | None = None) -> Response:
+    """POST /v2/models/{model}[/versions/{version}]/infer: JSON or binary tensors in and out."""
+    settings = state.settings
+    check_served(state, model, version)
+    body = await read_body(request, settings.max_request_bytes)
+    body = _decompress(body, request.headers.get("content-encoding"))
+    infer_request, tensors = parse_infer(body, request.headers.get(HEADER_LENGTH.lower()))
+    unknown = sorted(set(tensors) - {"FEATURES", "SEED"})
+    if unknown or "FEATURES" not in tensors:
+        raise ServiceError(422, f"inputs {sorted(tensors)}; expected FEATURES (FP32 [-1, 9]) and optionally SEED "
+                                f"(INT64 [1])")
+    feats = tensors["FEATURES"]
+    if feats.dtype != DTYPES["FP32"]:  # parse_infer gave each tensor its declared datatype
+        raise ServiceError(422, "input 'FEATURES': datatype must be FP32")
+    seed = None
+    if "SEED" in tensors:
+        s = tensors["SEED"]
+        if s.size != 1 or s.dtype.kind not in "iu":
+            raise ServiceError(422, f"input 'SEED': {s.tolist()} ({s.dtype}); expected one INT64 value >= 0")
+        seed = check_seed(int(s.ravel()[0]), "input 'SEED'")
+    parameters = infer_request.parameters or {}
+    extrapolate, row_start = parameters.get("extrapolate", False), parameters.get("row_start", 0)
+    if not isinstance(extrapolate, bool):
+        raise ServiceError(422, f"parameter 'extrapolate': {extrapolate!r}; expected true or false")
+    if not isinstance(row_start, int) or isinstance(row_start, bool) or row_start < 0:
+        raise ServiceError(422, f"parameter 'row_start': {row_start!r}; expected an integer >= 0")
+    raw = features.validate(feats, source="input 'FEATURES'")
+    sim = await state.simulate(raw, seed, extrapolate, "input 'FEATURES'", row_start)
+
+    produced = {"RESPONSES": sim.counts, "CHANNELS": sim.channels}
+    wanted = infer_request.outputs or [InferOutput(name=n) for n in produced]
+    default_binary = bool((infer_request.parameters or {}).get("binary_data_output", False))
+    outputs, chunks = [], []
+    for out in wanted:
+        if out.name not in produced:
+            raise ServiceError(422, f"output '{out.name}'; expected RESPONSES or CHANNELS")
+        array = np.ascontiguousarray(produced[out.name], "<f4")
+        entry: dict[str, Any] = {"name": out.name, "datatype": "FP32", "shape": list(array.shape)}
+        if (out.parameters or {}).get("binary_data", default_binary):
+            data = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        outputs.append(entry)
+    answer = {"model_name": settings.model_name, "model_version": state.version, "outputs": outputs}
+    if infer_request.id is not None:
+        answer["id"] = infer_request.id
+    if not chunks:
+        return JSONResponse(answer)
+    head = json.dumps(answer).encode()
+    return Response(head + b"".join(chunks), media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(head))})
+
+
 def router(state: ServiceState) -> APIRouter:
     api = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
     settings = state.settings
-
-    def check_model(model: str, version: str | None) -> None:
-        if model != settings.model_name:
-            raise ServiceError(404, f"model '{model}' is not served; expected '{settings.model_name}'")
-        if version is not None and version != state.version:
-            raise ServiceError(404, f"model '{model}' version '{version}' is not served; expected '{state.version}'")
 
     @api.get("", summary="server metadata")
     async def server():
@@ -112,16 +169,16 @@ def router(state: ServiceState) -> APIRouter:
         return Response(status_code=state.ready_status)
 
     def metadata(model: str, version: str | None = None):
-        check_model(model, version)
+        check_served(state, model, version)
         return {"name": settings.model_name, "versions": [state.version], "platform": "pytorch",
                 "inputs": INPUTS, "outputs": OUTPUTS}
 
     def model_ready(model: str, version: str | None = None):
-        check_model(model, version)
+        check_served(state, model, version)
         return Response(status_code=state.ready_status)
 
     def config(model: str, version: str | None = None):
-        check_model(model, version)
+        check_served(state, model, version)
         return {"name": settings.model_name, "platform": "pytorch", "max_batch_size": 0,
                 "input": [{"name": i["name"], "data_type": "TYPE_" + i["datatype"], "dims": i["shape"]} for i in INPUTS],
                 "output": [{"name": o["name"], "data_type": "TYPE_FP32", "dims": o["shape"]} for o in OUTPUTS],
@@ -129,56 +186,7 @@ def router(state: ServiceState) -> APIRouter:
                                      "preferred_batch_size": [settings.max_batch_size]}}
 
     async def infer(model: str, request: Request, version: str | None = None):
-        check_model(model, version)
-        body = await read_body(request, settings.max_request_bytes)
-        body = _decompress(body, request.headers.get("content-encoding"))
-        infer_request, tensors = parse_infer(body, request.headers.get(HEADER_LENGTH.lower()))
-        unknown = sorted(set(tensors) - {"FEATURES", "SEED"})
-        if unknown or "FEATURES" not in tensors:
-            raise ServiceError(422, f"inputs {sorted(tensors)}; expected FEATURES (FP32 [-1, 9]) and optionally SEED "
-                                    f"(INT64 [1])")
-        feats = tensors["FEATURES"]
-        if feats.dtype != DTYPES["FP32"]:  # parse_infer gave each tensor its declared datatype
-            raise ServiceError(422, "input 'FEATURES': datatype must be FP32")
-        seed = None
-        if "SEED" in tensors:
-            s = tensors["SEED"]
-            if s.size != 1 or s.dtype.kind not in "iu":
-                raise ServiceError(422, f"input 'SEED': {s.tolist()} ({s.dtype}); expected one INT64 value >= 0")
-            seed = check_seed(int(s.ravel()[0]), "input 'SEED'")
-        parameters = infer_request.parameters or {}
-        extrapolate, row_start = parameters.get("extrapolate", False), parameters.get("row_start", 0)
-        if not isinstance(extrapolate, bool):
-            raise ServiceError(422, f"parameter 'extrapolate': {extrapolate!r}; expected true or false")
-        if not isinstance(row_start, int) or isinstance(row_start, bool) or row_start < 0:
-            raise ServiceError(422, f"parameter 'row_start': {row_start!r}; expected an integer >= 0")
-        raw = features.validate(feats, source="input 'FEATURES'")
-        sim = await state.simulate(raw, seed, extrapolate, "input 'FEATURES'", row_start)
-
-        produced = {"RESPONSES": sim.counts, "CHANNELS": sim.channels}
-        wanted = infer_request.outputs or [InferOutput(name=n) for n in produced]
-        default_binary = bool((infer_request.parameters or {}).get("binary_data_output", False))
-        outputs, chunks = [], []
-        for out in wanted:
-            if out.name not in produced:
-                raise ServiceError(422, f"output '{out.name}'; expected RESPONSES or CHANNELS")
-            array = np.ascontiguousarray(produced[out.name], "<f4")
-            entry: dict[str, Any] = {"name": out.name, "datatype": "FP32", "shape": list(array.shape)}
-            if (out.parameters or {}).get("binary_data", default_binary):
-                data = array.tobytes()
-                entry["parameters"] = {"binary_data_size": len(data)}
-                chunks.append(data)
-            else:
-                entry["data"] = array.ravel().tolist()
-            outputs.append(entry)
-        answer = {"model_name": settings.model_name, "model_version": state.version, "outputs": outputs}
-        if infer_request.id is not None:
-            answer["id"] = infer_request.id
-        if not chunks:
-            return JSONResponse(answer)
-        head = json.dumps(answer).encode()
-        return Response(head + b"".join(chunks), media_type="application/octet-stream",
-                        headers={HEADER_LENGTH: str(len(head))})
+        return await infer_response(state, request, model, version)
 
     api.add_api_route("/models/{model}", metadata, methods=["GET"], summary="model metadata")
     api.add_api_route("/models/{model}/versions/{version}", metadata, methods=["GET"], summary="model metadata")
