@@ -2,6 +2,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from google.protobuf import text_format
 
 from zdc_sim import cli, onnx_model, reference
 from zdc_sim.errors import ZdcError
@@ -58,6 +59,21 @@ def test_onnxruntime_engine_gives_the_torch_engines_responses(sim, tiny_checkpoi
         Simulator.load(tiny_checkpoint, engine="onnxruntime", device="cpu", compile=True)
 
 
+def _triton_model_config():
+    """Triton's ModelConfig protobuf, as tritonclient ships it (its grpc package, which would need
+    grpcio, is not imported: the generated module needs only protobuf)."""
+    import importlib.util
+    from pathlib import Path
+
+    import tritonclient
+
+    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_triton_repository_from_the_command_line(tiny_checkpoint, tmp_path, capsys):
     assert cli.main(["model", "export", str(tiny_checkpoint), "--format", "triton", "--out", str(tmp_path),
                      "--max-batch-size", "512"]) == 0
@@ -67,4 +83,14 @@ def test_triton_repository_from_the_command_line(tiny_checkpoint, tmp_path, caps
     assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 512" in config
     assert "dynamic_batching" in config and 'name: "PHOTON_NOISE" data_type: TYPE_FP32 dims: [1936]' in config
     assert 'name: "RESPONSES" data_type: TYPE_FP32 dims: [44, 44]' in config
+    # What Triton checks when it loads the repository: the config parses as its ModelConfig, and
+    # every tensor it names is the graph's, FP32, with the graph's shape after the batch axis.
+    parsed = text_format.Parse(config, _triton_model_config().ModelConfig())
+    graph = onnx.load(tmp_path / "zdc-zn/1/model.onnx").graph
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]}
+    assert parsed.max_batch_size == 512 and parsed.dynamic_batching.max_queue_delay_microseconds > 0
+    tensors = [*parsed.input, *parsed.output]
+    assert sorted(t.name for t in tensors) == sorted(shapes)
+    for t in tensors:
+        assert t.data_type == _triton_model_config().TYPE_FP32 and shapes[t.name] == ["N", *t.dims], t.name
     assert cli.main(["model", "export", str(tiny_checkpoint), "--out", str(tmp_path / "missing")]) == 2

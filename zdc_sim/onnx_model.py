@@ -81,6 +81,12 @@ def onnx_bytes(simulator) -> bytes:
                           opset_version=OPSET, dynamo=False)
     simulator.generator.to(memory_format=torch.channels_last)
     model = onnx.load_from_string(buffer.getvalue())
+    # The exporter leaves the outputs' fixed axes symbolic ('RESPONSES_dim_1'): name their sizes, so
+    # that a C++ caller or Triton reading the graph sees [N, 44, 44] and [N, 5].
+    fixed = {RESPONSES: [GRID, GRID], CHANNELS: [N_CHANNELS]}
+    for output in model.graph.output:
+        for dim, size in zip(output.type.tensor_type.shape.dim[1:], fixed[output.name]):
+            dim.dim_value = size  # replaces the symbolic name (one field of a oneof)
     metadata = {"version": simulator.model_version, "checksum": simulator.metadata.get("checksum", ""),
                 "latent_dim": str(config.latent_dim), "photon_noise": str(config.photon_noise).lower(),
                 "features": ",".join(features.NAMES), "units": ",".join(features.UNITS), "opset": str(OPSET),
