@@ -1,10 +1,12 @@
+import time
+
 import numpy as np
 import pytest
 
 from bench.harness import Server
 from zdc_sim import reference
 from zdc_sim.client import RemoteSimulator, ServerError
-from zdc_sim.errors import DomainError, FeatureError
+from zdc_sim.errors import DomainError, FeatureError, ZdcError
 from zdc_sim.simulator import Simulator
 
 
@@ -42,3 +44,23 @@ def test_remote_simulator_retries_503_then_gives_up(tiny_checkpoint):
         with pytest.raises(ServerError, match="answered 503 after 2 retries: Exceeds maximum queue size") as error:
             remote.simulate(x, seed=1)
         assert error.value.status == 503
+
+
+def test_one_kept_alive_connection_per_thread_and_a_closed_one_is_replaced(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    remote = RemoteSimulator(server.url)
+    x, _ = reference.sample_particles(4, np.random.default_rng(9))
+    first = remote.simulate(x, seed=5)
+    connection = remote._connection()
+    np.testing.assert_array_equal(remote.simulate(x, seed=5).counts, first.counts)
+    assert remote._connection() is connection  # the same connection served both
+    time.sleep(5.5)  # past uvicorn's keep-alive timeout (5 s): the server drops the idle connection
+    np.testing.assert_array_equal(remote.simulate(x, seed=5).counts, first.counts)
+    assert remote._connection() is not connection
+    with ThreadPoolExecutor(4) as pool:  # http.client connections are not shared between threads
+        answers = list(pool.map(lambda seed: remote.simulate(x, seed=seed).counts, [5] * 8))
+    for counts in answers:
+        np.testing.assert_array_equal(counts, first.counts)
+    with pytest.raises(ZdcError, match="expected http://host"):
+        RemoteSimulator("ftp://example.org")
