@@ -23,7 +23,7 @@ class Settings(BaseModel, frozen=True):
     compile: bool = False  # torch.compile the generator for fixed batch buckets, compiled at warm-up
     model_name: str = "zdc-zn"
     max_batch_size: int = Field(1024, ge=1, le=65536)  # particles per forward pass
-    max_queue_delay_ms: float = Field(2.0, ge=0, le=1000)  # how long a batch waits to fill up
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=1000)  # how long a batch waits to fill up (with company)
     dynamic_batching: bool = True  # off: every request piece runs alone
     max_particles_per_request: int = Field(65536, ge=1)
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)

@@ -60,6 +60,33 @@ def test_latents_drawn_in_the_worker_are_the_seeds_rows(tiny_checkpoint):
     assert not np.array_equal(fresh.counts, again.counts)
 
 
+def test_the_queue_delay_is_waited_only_while_requests_keep_company(tiny_checkpoint):
+    """A lone request goes at once; once a batch has coalesced several, the next waits up to the
+    queue delay (300 ms here) for company. Requests 50 ms apart show which happened."""
+    sim = _small_simulator(tiny_checkpoint)
+    feats = features.validate(reference.sample_particles(1, np.random.default_rng(4))[0])
+    batches = []
+
+    async def run():
+        batcher = DynamicBatcher(sim, max_batch_size=8, max_queue_delay_ms=300, max_queue_particles=100,
+                                 observe=lambda batch, **kw: batches.append(batch))
+        batcher.start()
+
+        async def later(delay):
+            await asyncio.sleep(delay)
+            return await batcher.simulate(feats, seed=1)
+
+        await asyncio.gather(later(0), later(0.05))  # alone: no wait, so the second misses the first
+        lone = list(batches)
+        await asyncio.gather(*(later(0) for _ in range(3)))  # queued together: one batch of 3
+        batches.clear()
+        await asyncio.gather(later(0), later(0.05))  # after company: the first waits for the second
+        await batcher.stop()
+        return lone
+
+    assert asyncio.run(run()) == [1, 1] and batches == [2]
+
+
 def test_stopping_the_batcher_finishes_what_is_queued(tiny_checkpoint):
     sim = _small_simulator(tiny_checkpoint)
     feats = features.validate(reference.sample_particles(40, np.random.default_rng(2))[0])
