@@ -15,9 +15,9 @@ ENV_PREFIX = "ZDC_SIM_"
 class Settings(BaseModel, frozen=True):
     checkpoint: str | None = None  # None: the model shipped with zdc-sim
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    # torch: faster than ONNX Runtime at the batches a loaded server runs (64: 2,570-2,878 vs 1,805-2,036
-    # samples/s in three runs on 2 cores, bench/engines.py; served 64 clients 1,350 vs 1,003/s); onnxruntime
-    # ~1.5x faster for single particles.
+    # torch: faster than ONNX Runtime at the batches a loaded server runs (64: 3,081-3,182 vs 2,017-2,052
+    # samples/s in two runs on 2 cores, bench/engines.py; served 64 clients 1,350 vs 1,003/s); onnxruntime
+    # ~1.7x faster for single particles.
     engine: Literal["torch", "onnxruntime", "auto"] = "torch"
     bf16: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the generator for fixed batch buckets, compiled at warm-up

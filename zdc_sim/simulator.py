@@ -84,7 +84,7 @@ class Simulator:
         if engine not in ENGINES + ("auto",):
             raise ZdcError(f"engine '{engine}' is not known; expected one of {list(ENGINES)} or 'auto'")
         self.device = pick_device("cpu" if engine == "onnxruntime" and device in (None, "auto") else device)
-        if engine == "auto":  # ONNX Runtime where it can run (CPU, fp32): ~1.5x faster for single particles
+        if engine == "auto":  # ONNX Runtime where it can run (CPU, fp32): ~1.7x faster for single particles
             engine = "onnxruntime" if self.device.type == "cpu" and not (bf16 or compile) else "torch"
         if engine == "onnxruntime" and (self.device.type != "cpu" or bf16 or compile):
             raise ZdcError(f"engine 'onnxruntime' runs on CPU in fp32; found device '{self.device}', bf16={bf16}, "
@@ -141,7 +141,7 @@ class Simulator:
         """Load a checkpoint written by `zdc-sim train` (best or last), or the default model.
         `engine`: 'torch' (CPU or CUDA), 'onnxruntime' (CPU; the exported graph, see onnx_model) or
         'auto' (ONNX Runtime on CPU in fp32, else torch). On 2 CPU cores ONNX Runtime simulates one
-        particle ~1.5x faster, torch batches of 64 or more 1.3-1.5x faster (bench/engines.py)."""
+        particle ~1.7x faster, torch batches of 64 or more ~1.5x faster (bench/engines.py)."""
         path = default_model_path() if path is None else Path(path)
         tensors, meta = checkpoint.load(path)
         meta = {**meta, "checksum": checkpoint.file_fingerprint(path), "path": str(path)}
