@@ -1,7 +1,7 @@
 """Dynamic batching: requests wait at most `max_queue_delay_ms` (while they keep company) to be
-coalesced into one forward pass of up to `max_batch_size` particles; larger requests are split into pieces. The queue is
-bounded in particles: a request that would overflow it is refused at once (QueueFull), never
-left waiting. Forward passes run one at a time in a worker thread, so the event loop keeps
+coalesced into one forward pass of up to `max_batch_size` particles; larger requests are split
+into pieces. The queue is bounded in particles: a request that would overflow it is refused at
+once (QueueFull), never left waiting. Forward passes run one at a time in a worker thread, so the event loop keeps
 accepting and parsing requests meanwhile. Each piece carries its own latents, or the seed and
 first row to draw them from in the worker thread (~0.1 ms a request that the event loop, the
 bottleneck of a server flooded with single particles, does not spend), so a seeded request gets
@@ -83,11 +83,11 @@ class DynamicBatcher:
         for piece in pieces:
             self._queue.put_nowait(piece)
         try:
-            results = [await pieces[0].future] if len(pieces) == 1 else await asyncio.gather(*(p.future for p in pieces))
+            if len(pieces) == 1:
+                return await pieces[0].future
+            results = await asyncio.gather(*(p.future for p in pieces))
         finally:
             self.pending -= n
-        if len(results) == 1:
-            return results[0]
         return Simulation(np.concatenate([r.counts for r in results]), np.concatenate([r.channels for r in results]))
 
     async def _next_batch(self) -> list[_Piece]:

@@ -18,6 +18,7 @@ from .native import simulate_response
 from .oip import infer_response
 from .state import ServiceState
 
+
 class _Route(NamedTuple):
     path: str  # the route's template, what the metrics label requests with
 
@@ -44,7 +45,7 @@ class FastLane:
         request = Request(scope, receive, send)
         try:
             response = await handler(self.state, request, *args)
-        except Exception as exc:  # noqa: BLE001 -- errors a client caused get their 4xx, others go on to a 500
+        except Exception as exc:  # errors a client caused get their 4xx, others go on to a 500
             response = error_response(exc)
             if response is None:
                 raise

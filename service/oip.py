@@ -128,7 +128,7 @@ async def infer_response(state: ServiceState, request: Request, model: str, vers
 
     produced = {"RESPONSES": sim.counts, "CHANNELS": sim.channels}
     wanted = infer_request.outputs or [InferOutput(name=n) for n in produced]
-    default_binary = bool((infer_request.parameters or {}).get("binary_data_output", False))
+    default_binary = bool(parameters.get("binary_data_output", False))
     outputs, chunks = [], []
     for out in wanted:
         if out.name not in produced:

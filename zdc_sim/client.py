@@ -51,7 +51,7 @@ class RemoteSimulator:
         parts = urllib.parse.urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ZdcError(f"server URL '{url}'; expected http://host[:port] or https://host[:port]")
-        self._address, self._prefix = parts, parts.path
+        self._address = parts
         self._local = threading.local()  # one connection per thread: http.client is not thread-safe
         meta = self._json("GET", f"/v2/models/{model}")
         names = {tensor["name"]: tensor for tensor in meta["inputs"]}
@@ -120,20 +120,20 @@ class RemoteSimulator:
         """(status, body, headers) of one request on this thread's kept-alive connection; sent once
         more on a new connection when the server had closed the idle one (every request here is
         idempotent: the seed is fixed before the first)."""
-        for fresh in (False, True):
-            try:
-                connection = self._connection()
-                connection.request(method, self._prefix + path, body, headers)
-                response = connection.getresponse()
-                answer = response.status, response.read(), response.headers
-                if response.will_close:
-                    self.close()
-                return answer
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.close()
-                if fresh:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return self._exchange(method, path, body, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.close()
+            return self._exchange(method, path, body, headers)
+
+    def _exchange(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, bytes, object]:
+        connection = self._connection()
+        connection.request(method, self._address.path + path, body, headers)
+        response = connection.getresponse()
+        answer = response.status, response.read(), response.headers
+        if response.will_close:
+            self.close()
+        return answer
 
     def close(self) -> None:
         """Close this thread's connection (a later request opens a new one)."""
