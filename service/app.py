@@ -20,6 +20,7 @@ from . import native, oip
 from .batcher import DynamicBatcher
 from .errors import install_handlers
 from .fastlane import FastLane
+from .guard import Guard
 from .metrics import Metrics
 from .settings import Settings
 from .state import ServiceState
@@ -27,7 +28,8 @@ from .state import ServiceState
 
 class _Observe:
     """Pure ASGI middleware (cheaper per request than BaseHTTPMiddleware): adds the model name and
-    version headers to every answer and records requests, failures and latency by route."""
+    version headers to every answer, records requests, failures and latency by route, and lets go
+    of the request body bytes a request held."""
 
     def __init__(self, app, state: ServiceState):
         self.app, self.state = app, state
@@ -50,6 +52,7 @@ class _Observe:
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
+            state.release_body_bytes(scope)
             if state.metrics is not None:
                 route = getattr(scope.get("route"), "path", "unmatched")
                 state.metrics.observe_request(route, status, time.perf_counter() - started)
@@ -60,6 +63,8 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
     `settings` (default: the shipped model) is loaded on startup, then warmed up; only then is the
     app ready."""
     settings = settings or Settings.from_env()
+    token = settings.token()  # an unreadable token file is named now, not at the first request
+    settings.check_exposure()
     state = ServiceState(settings)
 
     @asynccontextmanager
@@ -74,15 +79,19 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
         state.metrics = Metrics(settings.model_name, sim.model_version)
         batcher = DynamicBatcher(sim, settings.max_batch_size, settings.max_queue_delay_ms,
                                  settings.max_queue_particles, settings.dynamic_batching,
-                                 observe=state.metrics.observe_batch)
+                                 observe=state.metrics.observe_batch, observe_dropped=state.metrics.observe_dropped,
+                                 max_queue_seconds=settings.max_queue_seconds)
+        await asyncio.to_thread(batcher.calibrate)  # the queue's bound in particles, from this machine's speed
         batcher.start()
         state.metrics.pending.set_function(lambda: batcher.pending)
+        state.metrics.queue_capacity.set(batcher.capacity)
+        state.metrics.buffered.set_function(lambda: state.buffered_bytes)
         state.batcher, state.ready = batcher, True
         try:
             yield
         finally:
             state.ready = False
-            await batcher.stop()  # finishes what is queued
+            await batcher.stop(settings.shutdown_timeout_s)  # finishes what is queued, within the drain's deadline
 
     app = FastAPI(title="zdc-sim", version=__version__, lifespan=lifespan,
                   description="Fast simulation of the ALICE ZN calorimeter: particles in, 44 x 44 responses out.")
@@ -91,5 +100,6 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
     app.include_router(native.router(state))
     app.include_router(oip.router(state))
     app.add_middleware(FastLane, state=state)
-    app.add_middleware(_Observe, state=state)  # added last: outermost, so it sees the fast lane's answers too
+    app.add_middleware(Guard, settings=settings, token=token)  # before the routes: nothing runs for a refused request
+    app.add_middleware(_Observe, state=state)  # outermost: counts every answer, the fast lane's and refusals too
     return app

@@ -1,11 +1,15 @@
 """Dynamic batching: requests wait at most `max_queue_delay_ms` (while they keep company) to be
 coalesced into one forward pass of up to `max_batch_size` particles; larger requests are split
-into pieces. The queue is bounded in particles: a request that would overflow it is refused at
-once (QueueFull), never left waiting. Forward passes run one at a time in a worker thread, so the event loop keeps
+into pieces. Forward passes run one at a time in a worker thread, so the event loop keeps
 accepting and parsing requests meanwhile. Each piece carries its own latents, or the seed and
-first row to draw them from in the worker thread (~0.1 ms a request that the event loop, the
-bottleneck of a server flooded with single particles, does not spend), so a seeded request gets
-the same latents however it was batched.
+first row to draw them from in the worker thread (off the event loop, the bottleneck of a server
+flooded with single particles), so a seeded request gets the same latents however it was batched.
+
+The queue is bounded in time, so that an admitted request is answered within about
+`max_queue_seconds`: `calibrate` measures this machine's throughput and turns the bound into
+particles; a request that would overflow them, or that arrives while the oldest queued piece has
+waited longer than the bound, is refused at once (QueueFull, with the expected wait). A piece
+whose caller has gone (cancelled) or whose deadline has passed is dropped before it is simulated.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +29,20 @@ from zdc_sim.simulator import Simulation, Simulator
 
 
 class QueueFull(Exception):
-    """The queue holds max_queue_particles already: the client should retry later."""
+    """The queue holds as much work as the time bound allows: the client should retry after
+    `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited; nobody reads an answer."""
+
+
+class DeadlineExceeded(Exception):
+    """A request's own deadline passed while it waited in the queue; it was not simulated."""
 
 
 @dataclass
@@ -34,31 +52,57 @@ class _Piece:
     seed: int
     start: int
     future: asyncio.Future
+    deadline: float | None = None  # time.perf_counter() after which the caller no longer wants it
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 class DynamicBatcher:
     def __init__(self, simulator: Simulator, max_batch_size: int, max_queue_delay_ms: float,
-                 max_queue_particles: int, enabled: bool = True, observe=None):
+                 max_queue_particles: int, enabled: bool = True, observe=None, observe_dropped=None,
+                 max_queue_seconds: float | None = None):
         self.simulator = simulator
         self.max_batch = max_batch_size
         self.delay = max_queue_delay_ms / 1000
-        self.capacity = max_queue_particles
+        self.max_particles = max_queue_particles
+        self.capacity = max_queue_particles  # particles; calibrate() derives it from max_queue_seconds
+        self.max_wait = max_queue_seconds  # None: bounded in particles only
+        self.rate: float | None = None  # particles/s of a full batch, measured by calibrate()
         self.enabled = enabled
         self.observe = observe or (lambda **kw: None)  # metrics hook: batch, queue_s, compute_s
+        self.observe_dropped = observe_dropped or (lambda reason, particles: None)
         self.pending = 0  # particles queued or being simulated
+        self.lag = 0.0  # how long the first piece of the latest batch had waited
         self._queue: asyncio.Queue[_Piece] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="simulate")
         self._worker: asyncio.Task | None = None
-        self._carry: _Piece | None = None
-        self._company = collections.deque(maxlen=4)  # whether each of the last batches held several requests
+        self._held_back: _Piece | None = None  # the piece that did not fit the last batch: first of the next
+        self._batches_shared = collections.deque(maxlen=4)  # whether each of the last batches held several requests
+
+    def calibrate(self, repeats: int = 3) -> None:
+        """Measure the particles/s of full batches on this machine (blocking: call it in a thread
+        at warm-up) and bound the queue to max_queue_seconds of them."""
+        raw = np.repeat(np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]], np.float32), self.max_batch, 0)
+        latents = self.simulator.latents(self.max_batch, 0)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self.simulator.simulate_latents(raw, latents)
+            times.append(time.perf_counter() - started)
+        self.rate = self.max_batch / sorted(times)[len(times) // 2]
+        if self.max_wait is not None:
+            self.capacity = min(self.max_particles, max(self.max_batch, int(self.rate * self.max_wait)))
+
+    def expected_wait_s(self) -> float:
+        """Seconds the queued work takes at the measured rate (1 before calibration)."""
+        return self.pending / self.rate if self.rate else 1.0
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
-    async def stop(self) -> None:
-        """Finish every piece already queued, then stop."""
-        while self.pending:
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Finish every piece already queued (for at most timeout_s), then stop."""
+        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+        while self.pending and (deadline is None or time.perf_counter() < deadline):
             await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
@@ -67,19 +111,19 @@ class DynamicBatcher:
         self._executor.shutdown(wait=True)
 
     async def simulate(self, raw_features: np.ndarray, latents: np.ndarray | None = None, *,
-                       seed: int | None = None, row_start: int = 0) -> Simulation:
+                       seed: int | None = None, row_start: int = 0, timeout_s: float | None = None) -> Simulation:
         """Simulate validated features with the given latents, or else with the latents of rows
-        row_start.. of `seed` (random when None), `Simulator.latents`'s."""
+        row_start.. of `seed` (random when None), `Simulator.latents`'s. `timeout_s`: the caller's
+        own deadline; pieces still queued when it passes are dropped (DeadlineExceeded)."""
         n = len(raw_features)
-        if self.pending + n > self.capacity:
-            raise QueueFull(f"Exceeds maximum queue size: {self.pending} particles queued, request of {n}, "
-                            f"limit {self.capacity}")
+        self._admit(n)
         self.pending += n
+        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") >> 1  # one seed for all pieces of the request
         loop = asyncio.get_running_loop()
         pieces = [_Piece(raw_features[i : i + self.max_batch], None if latents is None else latents[i : i + self.max_batch],
-                         seed, row_start + i, loop.create_future()) for i in range(0, n, self.max_batch)]
+                         seed, row_start + i, loop.create_future(), deadline) for i in range(0, n, self.max_batch)]
         for piece in pieces:
             self._queue.put_nowait(piece)
         try:
@@ -90,34 +134,73 @@ class DynamicBatcher:
             self.pending -= n
         return Simulation(np.concatenate([r.counts for r in results]), np.concatenate([r.channels for r in results]))
 
+    def _admit(self, n: int) -> None:
+        """QueueFull unless n more particles fit the bound: in particles, and in time while the
+        latest batch's oldest piece had waited longer than max_queue_seconds."""
+        retry = max(1, math.ceil(self.expected_wait_s()))
+        if self.pending + n > self.capacity:
+            bound = f" ({self.max_wait:g} s of work at {self.rate:,.0f} particles/s)" if self.max_wait and self.rate else ""
+            raise QueueFull(f"Exceeds maximum queue size: {self.pending} particles queued, request of {n}, "
+                            f"limit {self.capacity}{bound}; retry after {retry} s", retry)
+        if self.max_wait is not None and self.pending and self.lag > self.max_wait:
+            raise QueueFull(f"Exceeds maximum queue time: queued requests wait {self.lag:.1f} s, limit "
+                            f"{self.max_wait:g} s; retry after {retry} s", retry)
+
+    def _take(self, piece: _Piece) -> bool:
+        """Whether a queued piece is still wanted; a cancelled one or one past its deadline is
+        dropped (and counted) here, before it costs a forward pass."""
+        if piece.future.done():
+            self.observe_dropped("cancelled", len(piece.features))
+            return False
+        if piece.deadline is not None and time.perf_counter() > piece.deadline:
+            piece.future.set_exception(DeadlineExceeded(
+                f"request waited {time.perf_counter() - piece.enqueued:.3f} s in the queue, past its deadline; "
+                f"not simulated"))
+            self.observe_dropped("deadline", len(piece.features))
+            return False
+        return True
+
+    async def _next_piece(self, wait_s: float | None) -> _Piece | None:
+        """The next wanted queued piece: waited for up to wait_s seconds (None: for ever, 0: not at all)."""
+        while True:
+            if wait_s is None:
+                piece = await self._queue.get()
+            elif wait_s <= 0:
+                try:
+                    piece = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return None
+            else:
+                try:
+                    piece = await asyncio.wait_for(self._queue.get(), wait_s)
+                except asyncio.TimeoutError:
+                    return None
+            if self._take(piece):
+                return piece
+
     async def _next_batch(self) -> list[_Piece]:
         """The pieces of the next forward pass: the first queued and, up to max_batch rows, those
         queued behind it or arriving within the queue delay. The delay is waited only while
         requests keep company (one of the last 4 batches held several): a lone client's request
-        would wait it for nothing (single particles, one client: p50 5.8 -> 3.4 ms on 2 cores)."""
-        first = self._carry or await self._queue.get()
-        self._carry = None
+        would wait it for nothing."""
+        first = self._held_back if self._held_back is not None and self._take(self._held_back) else None
+        self._held_back = None
+        first = first or await self._next_piece(None)
         batch, rows = [first], len(first.features)
+        self.lag = time.perf_counter() - first.enqueued
         if not self.enabled:
             return batch
-        deadline = time.perf_counter() + (self.delay if any(self._company) else 0.0)
+        deadline = time.perf_counter() + (self.delay if any(self._batches_shared) else 0.0)
         while rows < self.max_batch:
-            try:
-                piece = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    piece = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
+            piece = await self._next_piece(max(0.0, deadline - time.perf_counter()))
+            if piece is None:
+                break
             if rows + len(piece.features) > self.max_batch:
-                self._carry = piece
+                self._held_back = piece
                 break
             batch.append(piece)
             rows += len(piece.features)
-        self._company.append(len(batch) > 1)
+        self._batches_shared.append(len(batch) > 1)
         return batch
 
     async def _run(self) -> None:

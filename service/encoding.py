@@ -3,9 +3,12 @@ the whole body before reading the answer get it), .npy and JSON particles, binar
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
+import zlib
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from fastapi import Request
@@ -17,32 +20,101 @@ from zdc_sim.simulator import Simulation
 
 from .errors import ServiceError
 from .schemas import SimulateRequest
+from .state import ServiceState
 
 NPY = "application/x-npy"
 OCTET = "application/octet-stream"
 DRAIN_FACTOR = 4  # an oversized body up to this many times the limit is read (and dropped) before the 413
+JSON_OTHER_VALUES = 64  # values a JSON request holds besides its particles' (seed, output, OIP outputs, ...)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 once it exceeds `limit` bytes. A server that answers before the
-    body has arrived and closes makes urllib, requests and tritonclient (which send everything
-    first) see a reset connection instead of the 413; so the rest of a body up to DRAIN_FACTOR x
-    the limit is read and dropped first. Larger declared bodies are refused at once."""
+def _decoder(encoding: str | None):
+    """A streaming decoder for a Content-Encoding (None for an uncompressed body)."""
+    if encoding in (None, "", "identity"):
+        return None
+    if encoding == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    raise ServiceError(415, f"Content-Encoding '{encoding}'; expected gzip, deflate or none")
+
+
+async def read_body(request: Request, limit: int, state: ServiceState, *, decode: bool = False) -> bytes:
+    """The request body (decompressed when `decode` and the client says it is compressed), held
+    in memory: 503 when all requests together would hold more than max_buffered_bytes; else as
+    `receive_body`."""
+    chunks: list[bytes] = []
+
+    def keep(chunk: bytes) -> None:
+        state.hold_body_bytes(request.scope, len(chunk))
+        chunks.append(chunk)
+
+    await receive_body(request, limit, state.settings.body_timeout_s, keep, decode=decode)
+    return b"".join(chunks)
+
+
+async def save_body(request: Request, path: Path, limit: int, timeout_s: float) -> None:
+    """The request body written to `path` as it arrives (an upload is never held in memory whole)."""
+    with open(path, "wb") as file:
+        await receive_body(request, limit, timeout_s, file.write)
+
+
+async def receive_body(request: Request, limit: int, timeout_s: float, keep, *, decode: bool = False) -> None:
+    """Hand the body's chunks to `keep` (decompressed when `decode` and the client says it is
+    compressed), or: 413 once it, or what it decompresses to, exceeds `limit` bytes (a decoder
+    never produces more than limit + 1 bytes, so a small compressed body cannot expand in memory);
+    408 when it has not arrived within `timeout_s`. A server that answers before the body has
+    arrived and closes makes urllib, requests and tritonclient (which send everything first) see
+    a reset connection instead of the 413; so the rest of a body up to DRAIN_FACTOR x the limit
+    is read and dropped first. Larger declared bodies are refused at once."""
     declared = request.headers.get("content-length")
     declared = int(declared) if declared is not None and declared.isdigit() else None
     if declared is not None and declared > DRAIN_FACTOR * limit:
         raise ServiceError(413, f"request body is {declared} bytes; expected at most {limit}", {"Connection": "close"})
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif size > DRAIN_FACTOR * limit:
-            break
-    if size > limit:
-        found = f"{declared} bytes" if declared is not None else f"over {limit} bytes"
-        raise ServiceError(413, f"request body is {found}; expected at most {limit}", {"Connection": "close"})
-    return b"".join(chunks)
+    encoding = request.headers.get("content-encoding") if decode else None
+    decoder = _decoder(encoding.strip().lower() if encoding else None)
+    size, kept, too_large = 0, 0, None
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if too_large is None:
+                    if size > limit:
+                        found = f"{declared} bytes" if declared is not None else f"over {limit} bytes"
+                        too_large = f"request body is {found}; expected at most {limit}"
+                    elif decoder is not None:
+                        try:
+                            chunk = decoder.decompress(chunk, limit + 1 - kept)
+                        except zlib.error as exc:
+                            raise ServiceError(400, f"body: Content-Encoding {encoding} but it does not decompress "
+                                                    f"({exc}); expected a {encoding} stream") from None
+                        if decoder.unconsumed_tail or kept + len(chunk) > limit:
+                            too_large = (f"request body of {declared or size} bytes {encoding} decompresses to more "
+                                         f"than {limit} bytes; expected at most {limit} bytes decompressed")
+                if too_large is None:
+                    keep(chunk)
+                    kept += len(chunk)
+                elif size > DRAIN_FACTOR * limit:
+                    break
+    except TimeoutError:
+        raise ServiceError(408, f"request body not received within {timeout_s:g} s ({size} bytes arrived"
+                                f"{f' of {declared}' if declared is not None else ''}); expected the whole body in "
+                                f"time (setting body_timeout_s)", {"Connection": "close"}) from None
+    if too_large:
+        raise ServiceError(413, too_large, {"Connection": "close"})
+    if decoder is not None and not decoder.eof:
+        raise ServiceError(400, f"body: Content-Encoding {encoding} but the stream ends early; expected a whole "
+                                f"{encoding} stream")
+
+
+def check_json_values(body: bytes, max_particles: int) -> None:
+    """413 before a JSON body is parsed when it holds more values than max_particles rows of the 9
+    features and a few other fields can: parsing makes a Python object of every value (a 60 MiB
+    body took 2.3 GB and seconds), while counting its commas takes milliseconds."""
+    values, allowed = body.count(b",") + 1, max_particles * features.N_FEATURES + JSON_OTHER_VALUES
+    if values > allowed:
+        raise ServiceError(413, f"request body holds about {values} JSON values; expected at most {allowed} "
+                                f"({max_particles} particles of {features.N_FEATURES} features and the other fields)")
 
 
 def request_features(req: SimulateRequest) -> np.ndarray:

@@ -1,7 +1,10 @@
 """Every error a client can cause, answered as {"error": message} with a 4xx (a full queue: 503
-with Retry-After), never a 500: the exception type and its handlers."""
+with Retry-After; a request past its own deadline: 504), never a 500: the exception type and its
+handlers."""
 
 from __future__ import annotations
+
+import math
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zdc_sim.errors import ZdcError
 
-from .batcher import QueueFull
+from .batcher import ClientGone, DeadlineExceeded, QueueFull
 
 
 class ServiceError(Exception):
@@ -35,7 +38,11 @@ def error_response(exc: Exception) -> JSONResponse | None:
     if isinstance(exc, ServiceError):
         return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
     if isinstance(exc, QueueFull):
-        return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": "1"})
+        return JSONResponse({"error": str(exc)}, 503, headers={"Retry-After": str(math.ceil(exc.retry_after_s))})
+    if isinstance(exc, DeadlineExceeded):
+        return JSONResponse({"error": str(exc)}, 504)
+    if isinstance(exc, ClientGone):  # nobody reads it; 499 (nginx's "client closed request") labels the metrics
+        return JSONResponse({"error": str(exc)}, 499)
     if isinstance(exc, ZdcError):
         return JSONResponse({"error": str(exc)}, 422)
     return None
@@ -45,7 +52,7 @@ def install_handlers(app: FastAPI) -> None:
     async def _client_error(request, exc):
         return error_response(exc)
 
-    for kind in (ServiceError, QueueFull, ZdcError):
+    for kind in (ServiceError, QueueFull, DeadlineExceeded, ClientGone, ZdcError):
         app.add_exception_handler(kind, _client_error)
 
     @app.exception_handler(RequestValidationError)

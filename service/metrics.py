@@ -12,6 +12,7 @@ class Metrics:
     def __init__(self, model: str, version: str):
         self.registry = CollectorRegistry()
         r, labels = self.registry, {"model": model, "version": version}
+        self._labels = labels
         self.requests = Counter("zdc_requests", "HTTP requests by route and status code", ["route", "code"], registry=r)
         self.failures = Counter("zdc_request_failures", "HTTP requests answered 4xx or 5xx", ["route", "code"], registry=r)
         self.latency = Histogram("zdc_request_duration_seconds", "time from request to response", ["route"],
@@ -24,6 +25,11 @@ class Metrics:
                                buckets=BATCH_BUCKETS, registry=r).labels(**labels)
         self.particles = Counter("zdc_particles_simulated", "particles simulated", ["model", "version"],
                                  registry=r).labels(**labels)
+        self.dropped = Counter("zdc_particles_dropped", "queued particles dropped unsimulated: their client had gone "
+                               "(cancelled) or their deadline had passed", ["model", "version", "reason"], registry=r)
+        self.queue_capacity = Gauge("zdc_queue_capacity_particles", "particles the queue admits (max_queue_seconds "
+                                    "of the throughput measured at start)", ["model", "version"], registry=r).labels(**labels)
+        self.buffered = Gauge("zdc_buffered_request_bytes", "request body bytes held in memory", registry=r)
         self.pending = Gauge("zdc_pending_particles", "particles queued or being simulated", ["model", "version"],
                              registry=r).labels(**labels)
 
@@ -33,6 +39,9 @@ class Metrics:
         self.particles.inc(batch)
         for q in queue_s:
             self.queue.observe(q)
+
+    def observe_dropped(self, reason: str, particles: int) -> None:
+        self.dropped.labels(self._labels["model"], self._labels["version"], reason).inc(particles)
 
     def observe_request(self, route: str, code: int, seconds: float) -> None:
         self.requests.labels(route, str(code)).inc()

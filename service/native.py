@@ -4,20 +4,23 @@ or binary out) and POST /v1/export (ROOT in, ROOT out)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import get_args
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
+from starlette.background import BackgroundTask
 
 from zdc_sim import features, rootio
 from zdc_sim.errors import ZdcError
 from zdc_sim.export import export_file
 
-from .encoding import NPY, OCTET, binary_response, npy_features, read_body, request_features
+from .encoding import (NPY, OCTET, binary_response, check_json_values, npy_features, read_body, request_features,
+                       save_body)
 from .errors import ServiceError, validation_message
 from .schemas import MAX_SEED, Output, SimulateRequest, check_seed
 from .state import ServiceState
@@ -27,12 +30,13 @@ SIMULATE_QUERY = [  # read by simulate_query, for .npy bodies (a JSON body carri
     {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}},
     {"name": "output", "in": "query", "schema": {"enum": list(get_args(Output)), "default": "both"}},
     {"name": "extrapolate", "in": "query", "schema": {"type": "boolean", "default": False}},
+    {"name": "timeout_ms", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0}},
 ]
 _BOOL = TypeAdapter(bool)
 
 
-def simulate_query(query) -> tuple[int | None, str, bool]:
-    """(seed, output, extrapolate) from the query string, or 422 naming the parameter."""
+def simulate_query(query) -> tuple[int | None, str, bool, float | None]:
+    """(seed, output, extrapolate, timeout_ms) from the query string, or 422 naming the parameter."""
     seed = check_seed(query.get("seed"), "query 'seed'")
     output = query.get("output", "both")
     if output not in get_args(Output):
@@ -41,26 +45,38 @@ def simulate_query(query) -> tuple[int | None, str, bool]:
         extrapolate = _BOOL.validate_python(query.get("extrapolate", False))
     except ValidationError:
         raise ServiceError(422, f"query 'extrapolate': {query.get('extrapolate')!r}; expected true or false") from None
-    return seed, output, extrapolate
+    timeout_ms = query.get("timeout_ms")
+    if timeout_ms is not None:
+        try:
+            timeout_ms = float(timeout_ms)
+        except ValueError:
+            timeout_ms = -1.0
+        if not 0 < timeout_ms < float("inf"):
+            raise ServiceError(422, f"query 'timeout_ms': {query.get('timeout_ms')!r}; expected a number of "
+                                    f"milliseconds > 0")
+    return seed, output, extrapolate, timeout_ms
 
 
 async def simulate_response(state: ServiceState, request: Request) -> Response:
     """POST /v1/simulate (the route's docstring says what it takes and answers)."""
-    seed, output, extrapolate = simulate_query(request.query_params)
-    body = await read_body(request, state.settings.max_request_bytes)
+    seed, output, extrapolate, timeout_ms = simulate_query(request.query_params)
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type not in (NPY, "application/json", ""):
+        raise ServiceError(415, f"Content-Type '{content_type}'; expected application/json or {NPY}")
+    body = await read_body(request, state.settings.max_request_bytes, state)
     if content_type == NPY:
         raw, source = npy_features(body), "body"
-    elif content_type in ("application/json", ""):
+    else:
+        check_json_values(body, state.settings.max_particles_per_request)
         try:
             req = SimulateRequest.model_validate_json(body)
         except ValidationError as exc:
             raise ServiceError(422, validation_message(exc)) from None
         raw, seed, output, extrapolate = request_features(req), req.seed, req.output, req.extrapolate
+        timeout_ms = req.timeout_ms if req.timeout_ms is not None else timeout_ms
         source = "particles" if req.particles is not None else "columns"
-    else:
-        raise ServiceError(415, f"Content-Type '{content_type}'; expected application/json or {NPY}")
-    sim = await state.simulate(raw, seed, extrapolate, source)
+    sim = await state.simulate(raw, seed, extrapolate, source, disconnected=request.receive,
+                               timeout_s=None if timeout_ms is None else timeout_ms / 1000)
     headers = {"X-Seed": str(seed)} if seed is not None else {}
     accept = request.headers.get("accept", "application/json").split(",")[0].split(";")[0].strip()
     if accept in (NPY, OCTET):
@@ -71,6 +87,18 @@ async def simulate_response(state: ServiceState, request: Request) -> Response:
     if output in ("channels", "both"):
         answer["channels"] = sim.channels.tolist()
     return JSONResponse(answer, headers=headers)
+
+
+def without_paths(value):
+    """`value` with every file path reduced to its file name: the served metadata says which data a
+    model was trained on without showing the folders of the machine that trained it."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return PurePath(value.replace("\\", "/")).name
+    return value
 
 
 def router(state: ServiceState) -> APIRouter:
@@ -102,7 +130,7 @@ def router(state: ServiceState) -> APIRouter:
                 "features": list(features.NAMES), "units": list(features.UNITS),
                 "feature_ranges": meta.get("feature_ranges"),
                 "max_particles_per_request": settings.max_particles_per_request,
-                "training": meta.get("training"), "validation": meta.get("validation")}
+                "training": without_paths(meta.get("training")), "validation": meta.get("validation")}
 
     @api.post("/v1/simulate", summary="simulate ZN responses for a batch of particles",
               openapi_extra={"parameters": SIMULATE_QUERY, "requestBody": {"required": True, "content": {
@@ -123,30 +151,47 @@ def router(state: ServiceState) -> APIRouter:
               response_class=Response, responses={200: {"content": {OCTET: {}}}})
     async def export_route(request: Request, seed: int | None = None, channels_only: bool = False,
                            tree: str = rootio.TREE):
-        """The body is the ROOT file (at most max_export_bytes); the answer is the `zdc-sim export`
-        output for it: the particle branches, `response` (unless channels_only), channel_1..5, the
-        out_of_domain flags and the provenance. Simulated through the same batcher as /v1/simulate."""
+        """The body is the ROOT file (at most max_export_bytes, max_export_particles entries); the
+        answer is the `zdc-sim export` output for it, streamed from a temporary file: the particle
+        branches, `response` (unless channels_only), channel_1..5, the out_of_domain flags and the
+        provenance. Simulated through the same batcher as /v1/simulate; one export at a time
+        (another gets 503 with Retry-After)."""
         seed = check_seed(seed, "query 'seed'")
         state.require_ready()  # before reading an upload of up to max_export_bytes
-        body = await read_body(request, settings.max_export_bytes)
-        loop = asyncio.get_running_loop()
-
-        def simulate(raw, latents):  # runs in the export thread; the batcher owns the model
-            return asyncio.run_coroutine_threadsafe(state.batcher.simulate(raw, latents), loop).result()
-
-        def run(folder: str) -> bytes:
-            source, target = Path(folder) / "upload.root", Path(folder) / "export.root"
-            source.write_bytes(body)
+        if export_lock.locked():
+            raise ServiceError(503, "an export is running; one runs at a time, retry later", {"Retry-After": "5"})
+        async with export_lock:
+            folder = Path(tempfile.mkdtemp(prefix="zdc-export-"))
             try:
-                export_file(source, target, state.simulator, seed=seed, schema=rootio.Schema(tree=tree), tree=tree,
-                            channels_only=channels_only, progress=False, simulate=simulate,
-                            chunk_size=settings.max_batch_size)
-            except ZdcError as exc:  # name the upload, not the server's temporary path
-                raise ZdcError(str(exc).replace(str(source), "uploaded file")) from None
-            return target.read_bytes()
+                source, target = folder / "upload.root", folder / "export.root"
+                await save_body(request, source, settings.max_export_bytes, settings.body_timeout_s)
+                loop = asyncio.get_running_loop()
 
-        with tempfile.TemporaryDirectory(prefix="zdc-export-") as folder:
-            data = await asyncio.to_thread(run, folder)
-        return Response(data, media_type=OCTET, headers={"Content-Disposition": 'attachment; filename="export.root"'})
+                def simulate(raw, latents):  # runs in the export thread; the batcher owns the model
+                    return asyncio.run_coroutine_threadsafe(state.batcher.simulate(raw, latents), loop).result()
+
+                await asyncio.to_thread(export_upload, source, target, seed, tree, channels_only, simulate)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        return FileResponse(target, media_type=OCTET, filename="export.root",
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
+    export_lock = asyncio.Lock()
+
+    def export_upload(source: Path, target: Path, seed: int | None, tree: str, channels_only: bool, simulate) -> None:
+        """The export of an uploaded file (in a thread), after checking its size in particles;
+        errors name the upload, not the server's temporary path."""
+        schema = rootio.Schema(tree=tree)
+        try:
+            entries = rootio.num_entries(source, schema)
+            if entries > settings.max_export_particles:
+                raise ServiceError(413, f"uploaded file has {entries} particles; expected at most "
+                                        f"{settings.max_export_particles} per export (max_export_particles)")
+            export_file(source, target, state.simulator, seed=seed, schema=schema, tree=tree,
+                        channels_only=channels_only, progress=False, simulate=simulate,
+                        chunk_size=settings.max_batch_size)
+        except ZdcError as exc:
+            raise ZdcError(str(exc).replace(str(source), "uploaded file")) from None
 
     return api

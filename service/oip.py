@@ -3,13 +3,13 @@
 INT64 [1]; outputs RESPONSES FP32 [-1, 44, 44] and CHANNELS FP32 [-1, 5]. Request parameters:
 `extrapolate: true` simulates particles outside the model's trained feature ranges (else 422);
 `row_start: k` gives the rows the random inputs of rows k.. of the seed (a client that splits a
-large input into requests gets what one request would have)."""
+large input into requests gets what one request would have); `timeout` (microseconds, as Triton's)
+drops the request unsimulated (504) if it waits longer in the queue."""
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
+import math
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from zdc_sim import __version__, features
 from zdc_sim.geometry import N_CHANNELS, SHAPE
 
-from .encoding import read_body
+from .encoding import check_json_values, read_body
 from .errors import ServiceError, validation_message
 from .schemas import InferOutput, InferRequest, check_seed, inline_schema
 from .state import ServiceState
@@ -34,21 +34,9 @@ OUTPUTS = [{"name": "RESPONSES", "datatype": "FP32", "shape": [-1, *SHAPE]},
            {"name": "CHANNELS", "datatype": "FP32", "shape": [-1, N_CHANNELS]}]
 
 
-def _decompress(body: bytes, encoding: str | None) -> bytes:
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error, EOFError) as exc:
-        raise ServiceError(400, f"body: Content-Encoding {encoding} but it does not decompress ({exc})") from None
-    if encoding not in (None, "identity"):
-        raise ServiceError(415, f"Content-Encoding '{encoding}'; expected gzip, deflate or none")
-    return body
-
-
-def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
-    """The JSON header and the input tensors (from "data" or from the binary section)."""
+def parse_infer(body: bytes, header_length: str | None, max_values: int) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """The JSON header and the input tensors (from "data" or from the binary section); 413 for a
+    tensor of more than max_values values, checked on its declared shape before its data is read."""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
             raise ServiceError(400, f"{HEADER_LENGTH} is {header_length!r}; expected the byte length of the "
@@ -56,6 +44,7 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, d
         head, binary = body[: int(header_length)], memoryview(body)[int(header_length) :]
     else:
         head, binary = body, memoryview(b"")
+    check_json_values(head, max_values // features.N_FEATURES)
     try:
         request = InferRequest.model_validate_json(head)
     except ValidationError as exc:
@@ -67,7 +56,11 @@ def parse_infer(body: bytes, header_length: str | None) -> tuple[InferRequest, d
             raise ServiceError(422, f"{where}: datatype {tensor.datatype!r}; expected one of {list(DTYPES)}")
         if any(d < 0 for d in tensor.shape):
             raise ServiceError(422, f"{where}: shape {tensor.shape}; expected non-negative dimensions")
-        dtype, count = DTYPES[tensor.datatype], int(np.prod(tensor.shape))
+        dtype, count = DTYPES[tensor.datatype], math.prod(tensor.shape)  # Python ints: no overflow
+        if count > max_values or any(d > max_values for d in tensor.shape):
+            raise ServiceError(413, f"{where}: shape {tensor.shape} holds {count} values; expected at most "
+                                    f"{max_values} and no dimension above it ({max_values // features.N_FEATURES} "
+                                    f"particles of {features.N_FEATURES} features per request)")
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
@@ -101,9 +94,9 @@ async def infer_response(state: ServiceState, request: Request, model: str, vers
     """POST /v2/models/{model}[/versions/{version}]/infer: JSON or binary tensors in and out."""
     settings = state.settings
     check_served(state, model, version)
-    body = await read_body(request, settings.max_request_bytes)
-    body = _decompress(body, request.headers.get("content-encoding"))
-    infer_request, tensors = parse_infer(body, request.headers.get(HEADER_LENGTH.lower()))
+    body = await read_body(request, settings.max_request_bytes, state, decode=True)
+    infer_request, tensors = parse_infer(body, request.headers.get(HEADER_LENGTH.lower()),
+                                         settings.max_particles_per_request * features.N_FEATURES)
     unknown = sorted(set(tensors) - {"FEATURES", "SEED"})
     if unknown or "FEATURES" not in tensors:
         raise ServiceError(422, f"inputs {sorted(tensors)}; expected FEATURES (FP32 [-1, 9]) and optionally SEED "
@@ -123,8 +116,12 @@ async def infer_response(state: ServiceState, request: Request, model: str, vers
         raise ServiceError(422, f"parameter 'extrapolate': {extrapolate!r}; expected true or false")
     if not isinstance(row_start, int) or isinstance(row_start, bool) or row_start < 0:
         raise ServiceError(422, f"parameter 'row_start': {row_start!r}; expected an integer >= 0")
+    timeout_us = parameters.get("timeout")  # Triton's request parameter, in microseconds
+    if timeout_us is not None and (not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0):
+        raise ServiceError(422, f"parameter 'timeout': {timeout_us!r}; expected microseconds, an integer > 0")
     raw = features.validate(feats, source="input 'FEATURES'")
-    sim = await state.simulate(raw, seed, extrapolate, "input 'FEATURES'", row_start)
+    sim = await state.simulate(raw, seed, extrapolate, "input 'FEATURES'", row_start, disconnected=request.receive,
+                               timeout_s=None if timeout_us is None else timeout_us / 1e6)
 
     produced = {"RESPONSES": sim.counts, "CHANNELS": sim.channels}
     wanted = infer_request.outputs or [InferOutput(name=n) for n in produced]

@@ -31,6 +31,8 @@ class SimulateRequest(BaseModel, extra="forbid"):
     seed: Seed | None = None
     output: Output = "both"
     extrapolate: bool = Field(False, description="simulate particles outside the model's trained feature ranges")
+    timeout_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="drop the request unsimulated (504) if it waits longer in the queue")
 
     @model_validator(mode="after")
     def _one_input(self):

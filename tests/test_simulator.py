@@ -131,7 +131,7 @@ def test_particles_outside_the_trained_ranges_are_named_unless_extrapolation_is_
     sim.simulate(feats, seed=1)  # inside
     feats[3, features.INDEX["charge"]] = 2.0  # a charge the model never saw (trained on -1..1)
     with pytest.raises(DomainError, match=r"row 3, feature 'charge' is 2 e, outside the range the model was trained on "
-                                          r"\(-1 to 1 e, 10% tolerance; 1 of 5 rows outside\).*extrapolate=True"):
+                                          r"\(-1 to 1 e, 10% tolerance, never across zero; 1 of 5 rows outside\).*extrapolate=True"):
         sim.simulate(feats, seed=1)
     assert sim.outside_domain(feats).tolist() == [False, False, False, True, False]
     assert np.isfinite(sim.simulate(feats, seed=1, extrapolate=True).channels).all()

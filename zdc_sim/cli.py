@@ -144,17 +144,14 @@ def _export(args) -> None:
 
 
 def _serve(args) -> None:
-    import uvicorn
-
-    from service import Settings, create_app
+    from service import Settings, serve
 
     settings = Settings.from_env(checkpoint=args.checkpoint, device=args.device, host=args.host, port=args.port,
                                  max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                                  max_particles_per_request=args.max_particles, threads=args.threads,
                                  dynamic_batching=False if args.no_batching else None, bf16=args.bf16 or None,
                                  compile=args.compile or None, engine=args.engine)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    serve(settings, log_level=args.log_level)
 
 
 def _model_export(args) -> None:

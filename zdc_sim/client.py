@@ -43,11 +43,13 @@ class RemoteSimulator:
 
     Inputs larger than `max_particles` (default: what the server accepts per request) are sent as
     several requests; a 503 is retried after its Retry-After, at most `retries` times; a 4xx raises
-    FeatureError / DomainError (422) or ServerError with the server's message."""
+    FeatureError / DomainError (422) or ServerError with the server's message. `token`: the
+    server's api_token, sent as "Authorization: Bearer <token>" with every request."""
 
     def __init__(self, url: str, model: str = "zdc-zn", *, max_particles: int | None = None, retries: int = 5,
-                 timeout_s: float = 120.0, triton: bool | None = None):
+                 timeout_s: float = 120.0, triton: bool | None = None, token: str | None = None):
         self.url, self.model, self.retries, self.timeout_s = url.rstrip("/"), model, retries, timeout_s
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         parts = urllib.parse.urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ZdcError(f"server URL '{url}'; expected http://host[:port] or https://host[:port]")
@@ -147,7 +149,7 @@ class RemoteSimulator:
         where = f"{method} {self.url}{path}"
         for attempt in range(self.retries + 1):
             try:
-                status, data, answer_headers = self._send(method, path, body, headers or {})
+                status, data, answer_headers = self._send(method, path, body, {**self._auth, **(headers or {})})
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise ServerError(f"{where}: the server cannot be reached ({exc}); expected a zdc-sim or Triton "

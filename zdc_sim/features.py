@@ -118,7 +118,8 @@ DOMAIN_TOLERANCE = 0.1  # a row may exceed a trained range by this share of the 
 class Domain:
     """The feature ranges a model was trained on, stored in its checkpoint. A row is inside when
     every feature lies within its range widened by DOMAIN_TOLERANCE of the range's width on each
-    side (charge -1..1 admits -1.2..1.2; a 1e30 GeV neutron is far outside)."""
+    side (charge -1..1 admits -1.2..1.2; a 1e30 GeV neutron is far outside), but never across zero:
+    a feature trained with one sign only (pz of particles flying to one side) keeps that sign."""
 
     low: tuple[float, ...]
     high: tuple[float, ...]
@@ -131,7 +132,8 @@ class Domain:
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         low, high = np.asarray(self.low), np.asarray(self.high)
         margin = DOMAIN_TOLERANCE * (high - low)
-        return low - margin, high + margin
+        return (np.where(low >= 0, np.maximum(low - margin, 0.0), low - margin),
+                np.where(high <= 0, np.minimum(high + margin, 0.0), high + margin))
 
     def outside(self, features: np.ndarray) -> np.ndarray:
         """(N,) True for rows with any feature outside the widened ranges."""
@@ -151,7 +153,7 @@ class Domain:
         raise DomainError(
             f"{source}: row {row}, feature '{NAMES[col]}' is {value[col]:.6g} {UNITS[col]}, outside the range the model "
             f"was trained on ({self.low[col]:.6g} to {self.high[col]:.6g} {UNITS[col]}, {DOMAIN_TOLERANCE:.0%} "
-            f"tolerance; {int(outside.sum())} of {len(outside)} rows outside); expected a particle within it, or ask "
+            f"tolerance, never across zero; {int(outside.sum())} of {len(outside)} rows outside); expected a particle within it, or ask "
             f"for an extrapolation explicitly (extrapolate=True)")
 
     def to_dict(self) -> dict:

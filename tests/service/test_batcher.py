@@ -107,7 +107,7 @@ def test_full_queue_answers_503_with_retry_after(tiny_checkpoint, tmp_path):
 
     write_particles(tmp_path / "in.root", n=11)
     settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu", max_queue_particles=10)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://localhost") as c:
         body, headers = infer_body(n=11)
         answers = [c.post("/v1/simulate", json={"particles": [PARTICLE] * 11}),
                    c.post("/v2/models/zdc-zn/infer", content=body, headers=headers),

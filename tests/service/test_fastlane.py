@@ -25,7 +25,7 @@ def test_the_simulate_routes_are_answered_ahead_of_fastapi_routing(tiny_checkpoi
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    with TestClient(create_app(Settings(checkpoint=str(tiny_checkpoint), device="cpu"))) as direct:
+    with TestClient(create_app(Settings(checkpoint=str(tiny_checkpoint), device="cpu")), base_url="http://localhost") as direct:
         lane = direct.app.middleware_stack
         while not isinstance(lane, FastLane):
             lane = lane.app
@@ -65,6 +65,6 @@ def test_an_unexpected_failure_in_the_lane_is_a_500_not_a_hang(tiny_checkpoint, 
 
     monkeypatch.setattr(service.fastlane, "simulate_response", broken)
     settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings), base_url="http://localhost", raise_server_exceptions=False) as c:
         assert c.post("/v1/simulate", json={"particles": [PARTICLE]}).status_code == 500
         assert c.get("/health/live").status_code == 200
