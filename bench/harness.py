@@ -73,10 +73,12 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = ["--port", str(self.port), "--log-level", "warning", *args]
         self.returncode: int | None = None
+        self.pid: int | None = None
 
     @contextmanager
     def running(self, timeout_s: float = 60.0) -> Iterator["Server"]:
         proc = subprocess.Popen([sys.executable, "-m", "zdc_sim", "serve", *self.args], env={**os.environ, **self.env})
+        self.pid = proc.pid
         try:
             deadline = time.monotonic() + timeout_s
             while True:

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import Response
 
 from zdc_sim import features
 from zdc_sim.errors import ZdcError
 from zdc_sim.simulator import Simulation
 
+from .batcher import ClientGone
 from .errors import ServiceError
 from .schemas import SimulateRequest
 from .state import ServiceState
@@ -96,6 +98,8 @@ async def receive_body(request: Request, limit: int, timeout_s: float, keep, *, 
                     kept += len(chunk)
                 elif size > DRAIN_FACTOR * limit:
                     break
+    except ClientDisconnect:
+        raise ClientGone(f"the client disconnected after sending {size} bytes of its body") from None
     except TimeoutError:
         raise ServiceError(408, f"request body not received within {timeout_s:g} s ({size} bytes arrived"
                                 f"{f' of {declared}' if declared is not None else ''}); expected the whole body in "

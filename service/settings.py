@@ -47,7 +47,7 @@ class Settings(BaseModel, frozen=True):
     max_queue_particles: int = Field(262144, ge=1)
     max_export_bytes: int = Field(256 * 1024 * 1024, ge=1024)  # POST /v1/export uploads
     max_export_particles: int = Field(65536, ge=1)  # POST /v1/export: particles per upload (~7.8 kB each out)
-    max_buffered_bytes: int = Field(512 * 1024 * 1024, ge=1024)  # request bodies held at once, all requests
+    max_buffered_bytes: int = Field(256 * 1024 * 1024, ge=1024)  # request bodies held at once, all requests
     body_timeout_s: float = Field(60.0, gt=0)  # to receive a whole body (slow senders get 408)
     header_timeout_s: float = Field(10.0, gt=0)  # to receive a request's headers, else the connection is closed
     max_connections: int = Field(1024, ge=1)  # open connections and requests; beyond, 503

@@ -45,10 +45,10 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(tiny_checkpoint):
-    """`zdc-sim serve` in a subprocess (request bodies limited to 16 MiB); yields it running."""
+    """`zdc-sim serve` in a subprocess (request bodies limited to 16 MiB, idle connections closed
+    after 1 s); yields it running."""
     served = Server("--checkpoint", str(tiny_checkpoint), "--device", "cpu",
-                    env={"ZDC_SIM_MAX_REQUEST_BYTES": str(16 << 20)})
+                    env={"ZDC_SIM_MAX_REQUEST_BYTES": str(16 << 20), "ZDC_SIM_KEEP_ALIVE_S": "1"})
     with served.running():
         yield served
-    # uvicorn drains, then re-raises the SIGTERM it caught, so the exit status names the signal
-    assert served.returncode in (0, -15)
+    assert served.returncode == 0  # SIGTERM after a clean drain: a stop asked for and done

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -48,3 +49,17 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     assert cli.main(["data", "generate", "--particles", "0", "--seed", "1", "--out", str(tmp_path / "z.root")]) == 2
     assert "at least 1 particle" in capsys.readouterr().err
     assert not (tmp_path / "z.root").exists()
+
+
+def test_serve_with_a_missing_or_broken_checkpoint_is_one_line_and_exit_2(tmp_path, capsys, tiny_checkpoint):
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(Path(tiny_checkpoint).read_bytes()[:1000])
+    other = tmp_path / "model.pt"
+    other.write_bytes(b"PK\x03\x04 a zip, as torch.save writes")
+    for path, words in ((tmp_path / "missing.safetensors", "does not exist"), (truncated, "not a readable safetensors"),
+                        (other, "not a readable safetensors")):
+        assert cli.main(["serve", "--checkpoint", str(path), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err and words in err, err
+    assert cli.main(["serve", "--host", "0.0.0.0", "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "no api_token is set" in capsys.readouterr().err

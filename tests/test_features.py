@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from zdc_sim import features as F
-from zdc_sim.errors import FeatureError
+from zdc_sim.errors import DomainError, FeatureError
 
 NEUTRON = [2510.0, 0.0, 0.0, 0.0, 0.01, -0.02, 2509.9, 939.565, 0.0]
 
@@ -76,3 +76,22 @@ def test_standardizer_rejects_other_feature_names():
     data["names"] = data["names"][::-1]
     with pytest.raises(FeatureError, match="fitted on features"):
         F.Standardizer.from_dict(data)
+
+
+def test_the_domain_tolerance_never_crosses_zero():
+    """pz trained on 5..2925 GeV: the 10 % tolerance widens the range to ~-287 GeV on its own, but
+    a particle flying the other way (pz -200 GeV) is outside; energies keep their 10 % above."""
+    trained = np.array([[5.0, -1e-3, -1e-3, 0, -0.5, -0.5, 5.0, 0, -1], [2925.0, 1e-3, 1e-3, 80, 0.5, 0.5, 2925.0, 940, 1]])
+    domain = F.Domain.fit(trained)
+    backwards = trained[:1].copy()
+    backwards[0, F.INDEX["pz"]] = -200.0
+    assert domain.outside(backwards).tolist() == [True]
+    with pytest.raises(DomainError, match="'pz' is -200 GeV.*never across zero"):
+        domain.check(backwards)
+    edge = trained[:1].copy()
+    edge[0, F.INDEX["pz"]] = 0.0  # down to zero, not beyond
+    edge[0, F.INDEX["vx"]] = -1.1e-3  # both signs trained: widened on both sides as before
+    assert domain.outside(edge).tolist() == [False]
+    above = trained[1:].copy()
+    above[0, F.INDEX["energy"]] = above[0, F.INDEX["pz"]] = 2925.0 + 0.09 * 2920.0
+    assert domain.outside(above).tolist() == [False]

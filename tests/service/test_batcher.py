@@ -1,6 +1,7 @@
 import asyncio
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
@@ -113,7 +114,89 @@ def test_full_queue_answers_503_with_retry_after(tiny_checkpoint, tmp_path):
                    c.post("/v2/models/zdc-zn/infer", content=body, headers=headers),
                    c.post("/v1/export", content=(tmp_path / "in.root").read_bytes())]
         for r in answers:
-            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.url
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.url
             assert "Exceeds maximum queue size" in r.json()["error"]
 
 
+
+
+def test_the_queue_is_bounded_in_time(tiny_checkpoint):
+    """calibrate() turns max_queue_seconds into particles at the measured rate (clamped between one
+    batch and max_queue_particles); a request is also refused while the oldest queued piece waited
+    longer than the bound, with the expected wait as Retry-After."""
+    from service.batcher import QueueFull
+
+    sim = _small_simulator(tiny_checkpoint)
+    batcher = DynamicBatcher(sim, max_batch_size=8, max_queue_delay_ms=0, max_queue_particles=10**9,
+                             max_queue_seconds=0.5)
+    batcher.calibrate()
+    assert batcher.rate > 0 and batcher.capacity == max(8, int(batcher.rate * 0.5))
+    batcher.max_particles = 20
+    batcher.calibrate()
+    assert batcher.capacity == 20
+    batcher.pending = 15
+    with pytest.raises(QueueFull, match=r"15 particles queued, request of 6, limit 20 \(0.5 s of work at .* particles/s\)"):
+        batcher._admit(6)
+    batcher._admit(5)
+    batcher.lag = 0.6
+    with pytest.raises(QueueFull, match="queued requests wait 0.6 s, limit 0.5 s") as refused:
+        batcher._admit(1)
+    assert refused.value.retry_after_s >= 1
+    batcher.pending = 0  # an empty queue admits whatever the last batch waited
+    batcher._admit(1)
+
+
+def test_requests_of_gone_clients_or_past_their_deadline_are_dropped_unsimulated(tiny_checkpoint):
+    from service.batcher import DeadlineExceeded
+
+    sim = _small_simulator(tiny_checkpoint)
+    feats = features.validate(reference.sample_particles(4, np.random.default_rng(1))[0])
+    simulated, dropped = [], []
+
+    async def run():
+        batcher = DynamicBatcher(sim, max_batch_size=8, max_queue_delay_ms=0, max_queue_particles=100,
+                                 observe=lambda batch, **kw: simulated.append(batch),
+                                 observe_dropped=lambda reason, particles: dropped.append((reason, particles)))
+        gone = asyncio.ensure_future(batcher.simulate(feats[:3], seed=1))
+        late = asyncio.ensure_future(batcher.simulate(feats[:2], seed=2, timeout_s=0.01))
+        kept = asyncio.ensure_future(batcher.simulate(feats[:1], seed=3))
+        await asyncio.sleep(0.05)  # queued while no worker runs: the deadline passes
+        gone.cancel()
+        await asyncio.sleep(0)
+        batcher.start()
+        result = await kept
+        with pytest.raises(DeadlineExceeded, match="past its deadline; not simulated"):
+            await late
+        await batcher.stop()
+        return result, batcher.pending
+
+    result, pending = asyncio.run(run())
+    assert result.channels.shape == (1, 5) and pending == 0
+    assert simulated == [1] and sorted(dropped) == [("cancelled", 3), ("deadline", 2)]
+
+
+def test_a_client_that_disconnects_while_queued_is_dropped(tiny_checkpoint):
+    from service.batcher import ClientGone
+    from service.state import ServiceState
+
+    sim = _small_simulator(tiny_checkpoint)
+    feats = features.validate(reference.sample_particles(2, np.random.default_rng(1))[0])
+    dropped = []
+
+    async def run():
+        state = ServiceState(Settings(device="cpu"))
+        state.simulator, state.ready = sim, True
+        state.batcher = DynamicBatcher(sim, 8, 0, 100, observe_dropped=lambda reason, n: dropped.append((reason, n)))
+
+        async def disconnect():
+            await asyncio.sleep(0.02)
+            return {"type": "http.disconnect"}
+
+        with pytest.raises(ClientGone):
+            await state.simulate(feats, seed=1, disconnected=disconnect)
+        state.batcher.start()  # the worker finds the piece abandoned
+        assert (await state.simulate(feats[:1], seed=1)).channels.shape == (1, 5)
+        await state.batcher.stop()
+
+    asyncio.run(run())
+    assert dropped == [("cancelled", 2)]

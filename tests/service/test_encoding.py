@@ -62,3 +62,72 @@ def test_broken_npy_bodies_are_named():
         with pytest.raises(ZdcError, match="not a readable .npy") as err:
             npy_features(body)
         assert reason in str(err.value)
+
+
+def test_a_compressed_body_is_capped_at_the_body_limit_once_decompressed(client):
+    """200 kB limit: a 20 MB gzip bomb (~20 kB on the wire) is refused while it decompresses, as
+    is deflate; a truncated or broken stream is a 400, an unknown encoding a 415."""
+    import gzip
+    import time
+    import zlib
+
+    for encoding, packed in (("gzip", gzip.compress(bytes(20 << 20))), ("deflate", zlib.compress(bytes(20 << 20)))):
+        started = time.perf_counter()
+        r = client.post("/v2/models/zdc-zn/infer", content=packed, headers={"Content-Encoding": encoding})
+        assert r.status_code == 413 and time.perf_counter() - started < 2, r.text
+        assert (f"request body of {len(packed)} bytes {encoding} decompresses to more than 200000 bytes; "
+                f"expected at most 200000 bytes decompressed") in r.json()["error"]
+    good = gzip.compress(json.dumps({"inputs": [{"name": "FEATURES", "shape": [1, 9], "datatype": "FP32",
+                                                 "data": PARTICLE}]}).encode())
+    assert client.post("/v2/models/zdc-zn/infer", content=good, headers={"Content-Encoding": "gzip"}).status_code == 200
+    for body, status, words in ((good[:-12], 400, "ends early"), (b"not gzip", 400, "does not decompress")):
+        r = client.post("/v2/models/zdc-zn/infer", content=body, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == status and words in r.json()["error"]
+    r = client.post("/v2/models/zdc-zn/infer", content=good, headers={"Content-Encoding": "br"})
+    assert r.status_code == 415 and "expected gzip, deflate or none" in r.json()["error"]
+
+
+def test_too_many_json_values_are_413_before_any_is_parsed(client):
+    """100 particles per request: 1,000 rows are refused on their count, even though every row
+    is invalid too (the values are never validated)."""
+    body = json.dumps({"particles": [[1.0] * 9] * 1000}).encode()
+    r = client.post("/v1/simulate", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "holds about 9000 JSON values; expected at most 964" in r.json()["error"]
+    r = client.post("/v1/simulate", content=json.dumps({"particles": [[1.0] * 9] * 90}).encode())
+    assert r.status_code == 422  # within the count: validated, and refused for what it holds
+
+
+def test_bodies_held_by_all_requests_together_are_capped(tiny_checkpoint):
+    from fastapi.testclient import TestClient
+
+    from service import Settings, create_app
+
+    settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu", max_buffered_bytes=4096)
+    with TestClient(create_app(settings), base_url="http://localhost") as c:
+        small = {"particles": [PARTICLE], "seed": 1}
+        assert c.post("/v1/simulate", json=small).status_code == 200
+        r = c.post("/v1/simulate", json={"particles": [PARTICLE] * 100})  # ~6 kB
+        assert r.status_code == 503 and "would exceed the limit of 4096 (max_buffered_bytes)" in r.json()["error"]
+        assert r.headers["retry-after"] == "1"
+        assert c.app.state.zdc.buffered_bytes == 0  # what each request held was let go
+        assert c.post("/v1/simulate", json=small).status_code == 200
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408():
+    import asyncio
+
+    from starlette.requests import Request
+
+    from service.encoding import receive_body
+    from service.errors import ServiceError
+
+    async def trickle():
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    request = Request({"type": "http", "method": "POST", "headers": [(b"content-length", b"1000")]}, trickle)
+    kept = []
+    with pytest.raises(ServiceError) as refused:
+        asyncio.run(receive_body(request, 10_000, 0.3, kept.append))
+    assert refused.value.status == 408 and 0 < len(kept) < 10
+    assert "request body not received within 0.3 s" in refused.value.message and "of 1000)" in refused.value.message

@@ -120,3 +120,33 @@ def test_export_route_round_trip_and_bad_upload(client, tmp_path):
     assert bad.status_code == 422 and "uploaded file" in bad.json()["error"] and "zdc-export-" not in bad.json()["error"]
     big = client.post("/v1/export", content=b"0" * 2048, headers={"Content-Length": str(10**12)})
     assert big.status_code == 413
+
+
+def test_export_is_capped_in_particles_and_streamed(client, tmp_path):
+    """max_export_particles is 50 here: 60 are refused naming the cap, before any is simulated;
+    within it the answer is a streamed file and the temporary folder is gone afterwards."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.test_export import write_particles
+
+    before = {p.name for p in Path(tempfile.gettempdir()).glob("zdc-export-*")}
+    write_particles(tmp_path / "many.root", n=60)
+    r = client.post("/v1/export", content=(tmp_path / "many.root").read_bytes())
+    assert r.status_code == 413
+    assert r.json()["error"] == "uploaded file has 60 particles; expected at most 50 per export (max_export_particles)"
+    write_particles(tmp_path / "few.root", n=50)
+    with client.stream("POST", "/v1/export", content=(tmp_path / "few.root").read_bytes()) as answer:
+        assert answer.status_code == 200 and "content-length" in answer.headers  # a file, sent in chunks
+        size = sum(len(chunk) for chunk in answer.iter_bytes())
+    assert size == int(answer.headers["content-length"]) > 50 * 44 * 44 * 4
+    assert {p.name for p in Path(tempfile.gettempdir()).glob("zdc-export-*")} == before
+
+
+def test_the_served_metadata_shows_no_local_paths():
+    from service.native import without_paths
+
+    training = {"data": "/home/someone/data/train.root", "out": "runs/sdi", "val_data": "C:\\data\\val.root",
+                "lr_g": 2e-4, "regularizer": "sdi", "list": ["/abs/a.root", 1]}
+    assert without_paths(training) == {"data": "train.root", "out": "sdi", "val_data": "val.root", "lr_g": 2e-4,
+                                       "regularizer": "sdi", "list": ["a.root", 1]}

@@ -69,3 +69,35 @@ def test_tritonclient_json_and_binary(server):
         client.infer("zdc-zn", [bad])
 
 
+
+
+INT64_EDGES = [0, 1, 9, 100, 101, 2**31, 2**32, 2**63 - 1, 2**63, 2**64, 2**70, -1, -(2**63)]
+
+
+def test_shapes_and_sizes_at_the_int64_limits_are_json_4xx(client):
+    """Every declared shape, however it overflows a machine integer, is a JSON 4xx naming the
+    input (an overflowing product was once a plain-text 500)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    dims = st.sampled_from(INT64_EDGES) | st.integers(-(2**80), 2**80)
+
+    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(shape=st.lists(dims, min_size=0, max_size=4), data=st.sampled_from([[], [0.0] * 9, None]),
+           binary_size=st.sampled_from([None, 0, 36, 2**63 - 1, 2**64]), name=st.sampled_from(["FEATURES", "SEED"]))
+    def check(shape, data, binary_size, name):
+        tensor = {"name": name, "datatype": "FP32" if name == "FEATURES" else "INT64", "shape": shape}
+        if data is not None:
+            tensor["data"] = data
+        if binary_size is not None:
+            tensor["parameters"] = {"binary_data_size": binary_size}
+        head = json.dumps({"inputs": [tensor]}).encode()
+        r = client.post("/v2/models/zdc-zn/infer", content=head + bytes(36),
+                        headers={"Inference-Header-Content-Length": str(len(head))})
+        assert 400 <= r.status_code < 500 and r.headers["content-type"] == "application/json", (shape, r.text)
+        assert "error" in r.json()
+
+    check()
+    r = client.post("/v2/models/zdc-zn/infer", json={"inputs": [{"name": "FEATURES", "datatype": "FP32",
+                                                                 "shape": [4294967296, 4294967296], "data": []}]})
+    assert r.status_code == 413 and "holds 18446744073709551616 values; expected at most 900" in r.json()["error"]
