@@ -31,7 +31,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 zdc
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 ZDC_SIM_HOST=0.0.0.0 ZDC_SIM_PORT=8000
+# MALLOC_ARENA_MAX=2: fewer glibc arenas from the first allocation on (docs/service.md, memory under load)
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 ZDC_SIM_HOST=0.0.0.0 ZDC_SIM_PORT=8000 MALLOC_ARENA_MAX=2
 USER 10001
 WORKDIR /home/zdc
 EXPOSE 8000

@@ -97,9 +97,9 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
                   description="Fast simulation of the ALICE ZN calorimeter: particles in, 44 x 44 responses out.")
     app.state.zdc = state
     install_handlers(app)
-    app.include_router(native.router(state))
-    app.include_router(oip.router(state))
-    app.add_middleware(FastLane, state=state)
+    native.add_routes(app, state)
+    oip.add_routes(app, state)
+    app.add_middleware(FastLane, routes=app.router.routes)  # read when the stack is built: every route is in
     app.add_middleware(Guard, settings=settings, token=token)  # before the routes: nothing runs for a refused request
     app.add_middleware(_Observe, state=state)  # outermost: counts every answer, the fast lane's and refusals too
     return app

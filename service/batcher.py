@@ -1,9 +1,9 @@
 """Dynamic batching: requests wait at most `max_queue_delay_ms` (while they keep company) to be
 coalesced into one forward pass of up to `max_batch_size` particles; larger requests are split
 into pieces. Forward passes run one at a time in a worker thread, so the event loop keeps
-accepting and parsing requests meanwhile. Each piece carries its own latents, or the seed and
+accepting and parsing requests meanwhile. Each piece carries its own draws, or the seed and
 first row to draw them from in the worker thread (off the event loop, the bottleneck of a server
-flooded with single particles), so a seeded request gets the same latents however it was batched.
+flooded with single particles), so a seeded request gets the same draws however it was batched.
 
 The queue is bounded in time, so that an admitted request is answered within about
 `max_queue_seconds`: `calibrate` measures this machine's throughput and turns the bound into
@@ -18,13 +18,13 @@ import asyncio
 import collections
 import contextlib
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from zdc_sim.engines import random_seed
 from zdc_sim.simulator import Simulation, Simulator
 
 
@@ -48,7 +48,7 @@ class DeadlineExceeded(Exception):
 @dataclass
 class _Piece:
     features: np.ndarray
-    latents: np.ndarray | None  # None: drawn in the worker from (seed, start)
+    draws: np.ndarray | None  # None: drawn in the worker from (seed, start)
     seed: int
     start: int
     future: asyncio.Future
@@ -82,11 +82,11 @@ class DynamicBatcher:
         """Measure the particles/s of full batches on this machine (blocking: call it in a thread
         at warm-up) and bound the queue to max_queue_seconds of them."""
         raw = np.repeat(np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]], np.float32), self.max_batch, 0)
-        latents = self.simulator.latents(self.max_batch, 0)
+        draws = self.simulator.draws(self.max_batch, 0)
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            self.simulator.simulate_latents(raw, latents)
+            self.simulator.simulate_draws(raw, draws)
             times.append(time.perf_counter() - started)
         self.rate = self.max_batch / sorted(times)[len(times) // 2]
         if self.max_wait is not None:
@@ -110,19 +110,19 @@ class DynamicBatcher:
                 await self._worker
         self._executor.shutdown(wait=True)
 
-    async def simulate(self, raw_features: np.ndarray, latents: np.ndarray | None = None, *,
+    async def simulate(self, raw_features: np.ndarray, draws: np.ndarray | None = None, *,
                        seed: int | None = None, row_start: int = 0, timeout_s: float | None = None) -> Simulation:
-        """Simulate validated features with the given latents, or else with the latents of rows
-        row_start.. of `seed` (random when None), `Simulator.latents`'s. `timeout_s`: the caller's
+        """Simulate validated features with the given draws, or else with the draws of rows
+        row_start.. of `seed` (random when None), `Simulator.draws`'s. `timeout_s`: the caller's
         own deadline; pieces still queued when it passes are dropped (DeadlineExceeded)."""
         n = len(raw_features)
         self._admit(n)
         self.pending += n
         deadline = None if timeout_s is None else time.perf_counter() + timeout_s
         if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little") >> 1  # one seed for all pieces of the request
+            seed = random_seed()  # one seed for all pieces of the request
         loop = asyncio.get_running_loop()
-        pieces = [_Piece(raw_features[i : i + self.max_batch], None if latents is None else latents[i : i + self.max_batch],
+        pieces = [_Piece(raw_features[i : i + self.max_batch], None if draws is None else draws[i : i + self.max_batch],
                          seed, row_start + i, loop.create_future(), deadline) for i in range(0, n, self.max_batch)]
         for piece in pieces:
             self._queue.put_nowait(piece)
@@ -227,8 +227,8 @@ class DynamicBatcher:
 
     def _simulate(self, batch: list[_Piece]) -> Simulation:
         """One forward pass over the batch's pieces (in the worker thread)."""
-        latents = [p.latents if p.latents is not None else self.simulator.latents(len(p.features), p.seed, p.start)
+        draws = [p.draws if p.draws is not None else self.simulator.draws(len(p.features), p.seed, p.start)
                    for p in batch]
         if len(batch) == 1:
-            return self.simulator.simulate_latents(batch[0].features, latents[0])
-        return self.simulator.simulate_latents(np.concatenate([p.features for p in batch]), np.concatenate(latents))
+            return self.simulator.simulate_draws(batch[0].features, draws[0])
+        return self.simulator.simulate_draws(np.concatenate([p.features for p in batch]), np.concatenate(draws))

@@ -1,50 +1,51 @@
-"""The simulate routes ahead of FastAPI's routing. A single-particle request does ~0.3 ms of work
-of its own on the event loop (read, validate, queue, answer); FastAPI's route matching, dependency
-injection and exception middleware added ~0.4 ms more, on the one thread that bounds a server
-flooded with single particles (served 64 clients: ~800 -> ~1,100 particles/s on 2 cores). This
-middleware sits inside the metrics one and hands POST /v1/simulate and the OIP infer routes
-straight to the handlers those routes call, answering errors as the app's exception handlers do;
-the routes stay what the OpenAPI document describes."""
+"""The simulate routes ahead of FastAPI's routing. FastAPI's route matching, dependency injection
+and exception middleware cost about as much event-loop time again as a single-particle request's
+own work (read, validate, queue, answer), on the one thread that bounds a server flooded with
+single particles (docs/benchmarks.md). This middleware sits inside the metrics one and calls the
+endpoints of the routes marked `endpoint.fast_lane = True` itself, matched by the routes' own
+matching (so the path, its parameters and `scope["route"]` are what FastAPI would give), and
+answers client errors as the app's exception handlers do. A marked route may take only the request
+and its path parameters: one that gains a query, body or dependency parameter is refused at start
+rather than silently served without it."""
 
 from __future__ import annotations
 
-import re
-from typing import NamedTuple
-
+from fastapi.routing import APIRoute
 from starlette.requests import Request
+from starlette.routing import Match
 
 from .errors import error_response
-from .native import simulate_response
-from .oip import infer_response
-from .state import ServiceState
 
 
-class _Route(NamedTuple):
-    path: str  # the route's template, what the metrics label requests with
-
-
-_INFER = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+def fast_routes(routes) -> list[APIRoute]:
+    """The app's routes marked for the fast lane; ValueError for one the lane cannot call as FastAPI would."""
+    marked = [r for r in routes if isinstance(r, APIRoute) and getattr(r.endpoint, "fast_lane", False)]
+    for route in marked:
+        d = route.dependant
+        if d.query_params or d.header_params or d.cookie_params or d.body_params or d.dependencies:
+            raise ValueError(f"route {route.path} is marked for the fast lane but takes more than the request and "
+                             f"its path parameters; expected an endpoint(request, **path_params)")
+    return marked
 
 
 class FastLane:
-    def __init__(self, app, state: ServiceState):
-        self.app, self.state = app, state
+    def __init__(self, app, routes):
+        self.app = app
+        self.routes = fast_routes(routes)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
-        if path == "/v1/simulate":
-            handler, args = simulate_response, ()
-        elif (match := _INFER.fullmatch(path)) is not None:
-            handler, args = infer_response, (match["model"], match["version"])
-            path = "/v2/models/{model}" + ("/versions/{version}" if match["version"] else "") + "/infer"
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                break
         else:
             return await self.app(scope, receive, send)
-        scope["route"] = _Route(path)
+        scope.update(child)  # path_params, endpoint and route, as FastAPI's router sets them
         request = Request(scope, receive, send)
         try:
-            response = await handler(self.state, request, *args)
+            response = await route.endpoint(request=request, **child["path_params"])
         except Exception as exc:  # errors a client caused get their 4xx, others go on to a 500
             response = error_response(exc)
             if response is None:

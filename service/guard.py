@@ -1,6 +1,7 @@
 """Who may ask, checked before anything else runs: the Host header (a web page that rebinds its
 DNS name to 127.0.0.1 cannot reach a server on a laptop) and, when a token is set, the bearer
-token on every route but the health ones (a load balancer's probes carry none)."""
+token. The health routes are exempt from both: they reveal nothing, and probes carry no token and
+name the pod's address as the host (Kubernetes' httpGet)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class Guard:
         return self.loopback_only and is_loopback(name)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in HEALTH:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
         if not self._host_allowed(headers):
@@ -47,7 +48,7 @@ class Guard:
             response = JSONResponse({"error": f"Host header {headers.get('host', '')!r} is not served here; "
                                               f"expected {expected} (setting allowed_hosts)"}, 400)
             return await response(scope, receive, send)
-        if self.expected is not None and scope["path"] not in HEALTH:
+        if self.expected is not None:
             given = headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, self.expected):
                 problem = "no Authorization header" if not given else "a wrong bearer token"

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path, PurePath
 from typing import get_args
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
@@ -101,8 +101,9 @@ def without_paths(value):
     return value
 
 
-def router(state: ServiceState) -> APIRouter:
-    api = APIRouter()
+def add_routes(api: FastAPI, state: ServiceState) -> None:
+    """Register the native routes on the app itself (not an included router, whose routes FastAPI
+    keeps behind an internal wrapper): the fast lane finds the marked ones among app.router.routes."""
     settings = state.settings
 
     @api.get("/health/live", summary="200 while the process serves HTTP")
@@ -145,6 +146,8 @@ def router(state: ServiceState) -> APIRouter:
         extrapolate is true."""
         return await simulate_response(state, request)
 
+    simulate.fast_lane = True  # answered ahead of FastAPI's routing (service/fastlane.py)
+
     @api.post("/v1/export", summary="upload a ROOT file of particles, receive a ROOT file of responses",
               openapi_extra={"requestBody": {"required": True, "content": {
                   OCTET: {"schema": {"type": "string", "format": "binary"}}}}},
@@ -167,8 +170,8 @@ def router(state: ServiceState) -> APIRouter:
                 await save_body(request, source, settings.max_export_bytes, settings.body_timeout_s)
                 loop = asyncio.get_running_loop()
 
-                def simulate(raw, latents):  # runs in the export thread; the batcher owns the model
-                    return asyncio.run_coroutine_threadsafe(state.batcher.simulate(raw, latents), loop).result()
+                def simulate(raw, draws):  # runs in the export thread; the batcher owns the model
+                    return asyncio.run_coroutine_threadsafe(state.batcher.simulate(raw, draws), loop).result()
 
                 await asyncio.to_thread(export_upload, source, target, seed, tree, channels_only, simulate)
             except BaseException:
@@ -194,4 +197,3 @@ def router(state: ServiceState) -> APIRouter:
         except ZdcError as exc:
             raise ZdcError(str(exc).replace(str(source), "uploaded file")) from None
 
-    return api

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
@@ -149,19 +149,24 @@ async def infer_response(state: ServiceState, request: Request, model: str, vers
                     headers={HEADER_LENGTH: str(len(head))})
 
 
-def router(state: ServiceState) -> APIRouter:
-    api = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+def add_routes(app: FastAPI, state: ServiceState) -> None:
+    """Register the /v2 routes on the app itself (see native.add_routes)."""
+    tags = ["Open Inference Protocol v2"]
+
+    def add(path: str, endpoint, **kwargs):
+        app.add_api_route("/v2" + path, endpoint, tags=tags, **kwargs)
+
     settings = state.settings
 
-    @api.get("", summary="server metadata")
+    @app.get("/v2", summary="server metadata", tags=tags)
     async def server():
         return {"name": "zdc-sim", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    @api.get("/health/live")
+    @app.get("/v2/health/live", tags=tags)
     async def live():
         return Response(status_code=200)
 
-    @api.get("/health/ready")
+    @app.get("/v2/health/ready", tags=tags)
     async def ready():
         return Response(status_code=state.ready_status)
 
@@ -182,16 +187,20 @@ def router(state: ServiceState) -> APIRouter:
                 "dynamic_batching": {"max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
                                      "preferred_batch_size": [settings.max_batch_size]}}
 
-    async def infer(model: str, request: Request, version: str | None = None):
+    async def infer(model: str, request: Request):
+        return await infer_response(state, request, model)
+
+    async def infer_version(model: str, version: str, request: Request):
         return await infer_response(state, request, model, version)
 
-    api.add_api_route("/models/{model}", metadata, methods=["GET"], summary="model metadata")
-    api.add_api_route("/models/{model}/versions/{version}", metadata, methods=["GET"], summary="model metadata")
-    api.add_api_route("/models/{model}/ready", model_ready, methods=["GET"], summary="200 when the model can serve")
-    api.add_api_route("/models/{model}/versions/{version}/ready", model_ready, methods=["GET"])
-    api.add_api_route("/models/{model}/config", config, methods=["GET"], summary="Triton-style model config")
-    api.add_api_route("/models/{model}/versions/{version}/config", config, methods=["GET"])
+    infer.fast_lane = infer_version.fast_lane = True  # answered ahead of FastAPI's routing (service/fastlane.py)
+
+    add("/models/{model}", metadata, methods=["GET"], summary="model metadata")
+    add("/models/{model}/versions/{version}", metadata, methods=["GET"], summary="model metadata")
+    add("/models/{model}/ready", model_ready, methods=["GET"], summary="200 when the model can serve")
+    add("/models/{model}/versions/{version}/ready", model_ready, methods=["GET"])
+    add("/models/{model}/config", config, methods=["GET"], summary="Triton-style model config")
+    add("/models/{model}/versions/{version}/config", config, methods=["GET"])
     infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(InferRequest)}}}}
-    api.add_api_route("/models/{model}/infer", infer, methods=["POST"], summary="inference", openapi_extra=infer_doc)
-    api.add_api_route("/models/{model}/versions/{version}/infer", infer, methods=["POST"], openapi_extra=infer_doc)
-    return api
+    add("/models/{model}/infer", infer, methods=["POST"], summary="inference", openapi_extra=infer_doc)
+    add("/models/{model}/versions/{version}/infer", infer_version, methods=["POST"], openapi_extra=infer_doc)

@@ -9,6 +9,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import signal
+import threading
+import time
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -21,16 +23,39 @@ from .settings import Settings
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
-def limit_malloc_arenas(arenas: int) -> bool:
-    """Cap glibc's malloc arenas (what MALLOC_ARENA_MAX does at start). Each thread that allocates
-    gets an arena of its own up to 8 per core; memory freed in one is not reused by another, so a
-    server whose request bodies are parsed in one thread and simulated in another grows for a long
-    time before it levels (docs/service.md). False where the C library is not glibc."""
+def _glibc():
     name = ctypes.util.find_library("c")
     try:
-        return bool(name) and ctypes.CDLL(name).mallopt(M_ARENA_MAX, arenas) == 1
-    except (OSError, AttributeError):
-        return False
+        lib = ctypes.CDLL(name) if name else None
+        return lib if lib is not None and hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas (what MALLOC_ARENA_MAX does at start). Each thread that allocates
+    gets an arena of its own, up to 8 per core, and memory freed in one is not reused by another:
+    a server that parses bodies on one thread and simulates on others holds more than it uses
+    (docs/service.md). False where the C library is not glibc."""
+    lib = _glibc()
+    return lib is not None and lib.mallopt(M_ARENA_MAX, arenas) == 1
+
+
+def trim_malloc_every(seconds: float) -> threading.Thread | None:
+    """A daemon thread handing glibc's free pages back to the system every `seconds`
+    (malloc_trim): the large transient buffers of responses otherwise stay resident."""
+    lib = _glibc()
+    if lib is None:
+        return None
+
+    def trim():
+        while True:
+            time.sleep(seconds)
+            lib.malloc_trim(0)
+
+    thread = threading.Thread(target=trim, name="malloc-trim", daemon=True)
+    thread.start()
+    return thread
 
 
 def header_timeout_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
@@ -93,6 +118,10 @@ def serve(settings: Settings, log_level: str = "info") -> None:
 
     settings.token()  # an unreadable token file, or no token beyond loopback: refused before loading
     settings.check_exposure()
+    if settings.malloc_arenas:
+        limit_malloc_arenas(settings.malloc_arenas)
+    if settings.malloc_trim_s:
+        trim_malloc_every(settings.malloc_trim_s)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     simulator = Simulator.load(settings.checkpoint, device=settings.device, bf16=settings.bf16,

@@ -64,6 +64,10 @@ class Settings(BaseModel, frozen=True):
     allowed_hosts: tuple[str, ...] = ()
     shutdown_timeout_s: float = Field(30.0, ge=0)  # drain of requests in flight on SIGTERM
     threads: int | None = Field(None, ge=1)  # torch CPU threads
+    # glibc's allocator: arenas (0: glibc's default) and how often free memory is handed back (0: never);
+    # a flat memory curve under load (docs/service.md)
+    malloc_arenas: int = Field(2, ge=0)
+    malloc_trim_s: float = Field(10.0, ge=0)
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

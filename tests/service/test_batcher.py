@@ -27,7 +27,7 @@ def test_batching_coalesces_splits_and_keeps_seeded_outputs(tiny_checkpoint):
         batcher = DynamicBatcher(sim, max_batch_size=8, max_queue_delay_ms=50, max_queue_particles=100,
                                  enabled=enabled, observe=lambda batch, **kw: batches.append(batch))
         batcher.start()
-        results = await asyncio.gather(*(batcher.simulate(feats[s], sim.latents(s.stop - s.start, i))
+        results = await asyncio.gather(*(batcher.simulate(feats[s], sim.draws(s.stop - s.start, i))
                                          for i, s in enumerate(slices)))
         await batcher.stop()
         return results
@@ -43,7 +43,7 @@ def test_batching_coalesces_splits_and_keeps_seeded_outputs(tiny_checkpoint):
 
 
 def test_latents_drawn_in_the_worker_are_the_seeds_rows(tiny_checkpoint):
-    """A request that gives its seed and first row, not latents, gets those rows' latents
+    """A request that gives its seed and first row, not draws, gets those rows' draws
     (drawn in the worker thread), split into pieces or not; without a seed, fresh ones."""
     sim = _small_simulator(tiny_checkpoint)
     feats = features.validate(reference.sample_particles(20, np.random.default_rng(3))[0])
@@ -57,7 +57,7 @@ def test_latents_drawn_in_the_worker_are_the_seeds_rows(tiny_checkpoint):
         return results
 
     seeded, fresh, again = asyncio.run(run())
-    np.testing.assert_array_equal(seeded.counts, sim.simulate_latents(feats, sim.latents(20, 7, start=5)).counts)
+    np.testing.assert_array_equal(seeded.counts, sim.simulate_draws(feats, sim.draws(20, 7, start=5)).counts)
     assert not np.array_equal(fresh.counts, again.counts)
 
 
@@ -95,7 +95,7 @@ def test_stopping_the_batcher_finishes_what_is_queued(tiny_checkpoint):
     async def run():
         batcher = DynamicBatcher(sim, max_batch_size=4, max_queue_delay_ms=20, max_queue_particles=100)
         batcher.start()
-        tasks = [asyncio.ensure_future(batcher.simulate(feats[i : i + 10], sim.latents(10, i))) for i in range(0, 40, 10)]
+        tasks = [asyncio.ensure_future(batcher.simulate(feats[i : i + 10], sim.draws(10, i))) for i in range(0, 40, 10)]
         await asyncio.sleep(0)  # the requests are queued, none is done
         await batcher.stop()
         return [t.result() for t in tasks]

@@ -1,6 +1,7 @@
 import io
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
@@ -58,13 +59,46 @@ def test_the_fast_lane_answers_as_the_routes_would(client):
 
 
 def test_an_unexpected_failure_in_the_lane_is_a_500_not_a_hang(tiny_checkpoint, monkeypatch):
-    import service.fastlane
+    import service.native
 
     async def broken(state, request):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(service.fastlane, "simulate_response", broken)
+    monkeypatch.setattr(service.native, "simulate_response", broken)
     settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu")
     with TestClient(create_app(settings), base_url="http://localhost", raise_server_exceptions=False) as c:
         assert c.post("/v1/simulate", json={"particles": [PARTICLE]}).status_code == 500
         assert c.get("/health/live").status_code == 200
+
+
+def test_the_lane_is_derived_from_the_marked_routes_and_refuses_what_it_cannot_honour():
+    from fastapi import FastAPI, Request
+
+    from service.fastlane import fast_routes
+
+    app = FastAPI()
+
+    @app.post("/a/{name}")
+    async def plain(name: str, request: Request):
+        return {"name": name}
+
+    @app.post("/b")
+    async def with_query(request: Request, n: int = 1):
+        return {}
+
+    @app.post("/c")
+    async def unmarked(request: Request):
+        return {}
+
+    plain.fast_lane = True
+    assert [r.path for r in fast_routes(app.router.routes)] == ["/a/{name}"]
+    with_query.fast_lane = True
+    with pytest.raises(ValueError, match="route /b is marked for the fast lane but takes more"):
+        fast_routes(app.router.routes)
+
+
+def test_the_app_marks_exactly_the_simulate_routes(client):
+    from service.fastlane import fast_routes
+
+    assert sorted(r.path for r in fast_routes(client.app.router.routes)) == [
+        "/v1/simulate", "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"]
