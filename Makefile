@@ -9,7 +9,7 @@ DATASET ?= data/reference.root
 HELDOUT ?= data/heldout.root
 MODEL_DIR := zdc_sim/default_model
 
-.PHONY: run test bench bench-regularizers clean default-model sdi-vs-plain
+.PHONY: run test test-all test-slow bench bench-regularizers clean default-model sdi-vs-plain
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ run: $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 2 --out $(HELDOUT)
 	$(BIN)/zdc-sim evaluate --data $(HELDOUT) --ceiling
 
+# The fast tier (CI): every module, tiny models; `test-all` adds the slow tier.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(BIN)/python bench/reference_mc.py
@@ -33,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/soak.py
 
 # The five diversity regularizers and the plain cGAN on the synthetic benchmarks and on reference
 # ZDC data, 3 seeds each (about an hour on 2 CPU cores); writes bench/out/regularizers/.

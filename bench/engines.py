@@ -23,7 +23,8 @@ import onnxruntime as ort
 import torch
 from harness import median_rate, median_seconds
 
-from zdc_sim import atomic, onnx_model, reference
+from zdc_sim import atomic, reference
+from zdc_sim.exports.onnx import onnx_bytes
 from zdc_sim.simulator import Simulator
 
 # the load generator of bench/service.py (loaded by path: `service` is also the app's package)
@@ -58,7 +59,7 @@ def main():
         lines.append(f"| {engine} | {row[1]:,.0f} | {row[64]:,.0f} | {row[1024]:,.0f} | {latency * 1e3:.3f} |")
         print(lines[-1], flush=True)
     torch_sim = Simulator.load(args.checkpoint, device="cpu")
-    session = ort.InferenceSession(onnx_model.onnx_bytes(torch_sim), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes(torch_sim.generator, torch_sim.standardizer, torch_sim.metadata), providers=["CPUExecutionProvider"])
     x = batches[1024]
     exported = session.run(["CHANNELS"], {"FEATURES": x, **torch_sim.random_inputs(len(x), 3)})[0]
     want = torch_sim.simulate(x, seed=3).channels

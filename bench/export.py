@@ -50,9 +50,9 @@ def in_process(device: str, seconds: float = 10.0) -> tuple[float, dict[str, np.
     sim = Simulator.load(device=device)
     feats, _ = reference.sample_particles(CHUNK, np.random.default_rng(0))
     raw = features.validate(feats)
-    rate = rate_for(lambda call: len(sim.simulate_latents(raw, sim.latents(len(raw), 1, call * len(raw))).counts),
+    rate = rate_for(lambda call: len(sim.simulate_draws(raw, sim.draws(len(raw), 1, call * len(raw))).counts),
                     seconds)
-    out = sim.simulate_latents(raw, sim.latents(len(raw), 1))
+    out = sim.simulate_draws(raw, sim.draws(len(raw), 1))
     chunk = {name: raw[:, i] for i, name in enumerate(features.NAMES)}
     chunk["response"] = out.counts
     chunk.update({name: out.channels[:, i] for i, name in enumerate(geometry.CHANNEL_NAMES)})

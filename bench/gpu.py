@@ -1,5 +1,5 @@
 """GPU throughput of the shipped model: Simulator samples/s at batch sizes up to 65536, fp32 vs bf16,
-eager vs compiled (end to end: latents, standardisation, host <-> device copies), the generator alone
+eager vs compiled (end to end: draws, standardisation, host <-> device copies), the generator alone
 on device-resident inputs, served particles/s over loopback (binary), FLOPs per sample and the
 fraction of the GPU's peak that this reaches. Prints a markdown table; --results appends it to a file.
 
@@ -40,8 +40,8 @@ def _sync(device):
 def end_to_end(sim: Simulator, batch: int, seconds: float) -> float:
     feats, _ = reference.sample_particles(batch, np.random.default_rng(0))
     raw = features.validate(feats)
-    z = sim.latents(batch, 1)
-    return rate_for(lambda call: len(sim.simulate_latents(raw, z).counts), seconds)
+    z = sim.draws(batch, 1)
+    return rate_for(lambda call: len(sim.simulate_draws(raw, z).counts), seconds)
 
 
 @torch.inference_mode()
@@ -51,7 +51,7 @@ def generator_only(sim: Simulator, batch: int, seconds: float) -> float:
     x = torch.from_numpy(sim.standardizer.transform(features.validate(feats))).to(device)
     z = torch.randn(batch, sim.random_dim, device=device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=sim.bf16):
-        return rate_for(lambda call: len(sim._forward(z, x)), seconds)
+        return rate_for(lambda call: len(sim.engine.forward(z, x)), seconds)
 
 
 def main():
@@ -79,7 +79,7 @@ def main():
             for batch in sizes:
                 sim = Simulator.load(device=device, bf16=bf16, batch_size=batch, compile=compiled)
                 if compiled:
-                    sim.buckets = [batch]  # one bucket: only this size is compiled
+                    sim.engine.buckets = [batch]  # one bucket: only this size is compiled
                     sim.warmup()
                 e2e = end_to_end(sim, batch, args.seconds)
                 gen = generator_only(sim, batch, args.seconds)

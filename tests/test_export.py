@@ -64,11 +64,11 @@ def test_resume_after_an_interrupt_gives_the_same_file(tmp_path, sim):
     export.export_file(tmp_path / "in.root", tmp_path / "straight.root", sim, seed=4, chunk_size=10, progress=False)
     calls = []
 
-    def interrupted(raw, latents):
+    def interrupted(raw, draws):
         calls.append(len(raw))
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return sim.simulate_latents(raw, latents)
+        return sim.simulate_draws(raw, draws)
 
     out = tmp_path / "resumed.root"
     with pytest.raises(KeyboardInterrupt):

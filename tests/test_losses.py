@@ -10,7 +10,7 @@ def _expected_score(spread, true_spread=1.0, n=20000, dim=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     real = true_spread * torch.randn(n, dim, generator=g)
     f1, f2 = (spread * torch.randn(n, dim, generator=g) for _ in range(2))
-    return energy_score(f1, f2, real).item()
+    return energy_score(torch.stack([f1, f2], 1), real[:, None]).mean().item()
 
 
 def test_energy_score_is_lowest_at_the_true_spread():
@@ -22,8 +22,13 @@ def test_energy_score_is_lowest_at_the_true_spread():
 def test_energy_score_by_hand():
     f1, f2, y = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]])
     # 1/2 (5 + 0) - 1/2 * 5 = 0
-    assert abs(energy_score(f1, f2, y).item()) < 1e-5
-    assert abs(energy_score(y, y, f1).item() - 5.0) < 1e-5
+    assert abs(energy_score(torch.stack([f1, f2], 1), y[:, None]).item()) < 1e-5
+    assert abs(energy_score(torch.stack([y, y], 1), f1[:, None]).item() - 5.0) < 1e-5
+    # K samples against R reals, one dimension: mean |g - y| - 1/2 mean over distinct pairs |g - g'|
+    g, r = torch.tensor([[[0.0], [1.0], [3.0]]]), torch.tensor([[[1.0], [2.0]]])
+    to_real = (1 + 2 + 0 + 1 + 2 + 1) / 6
+    pairs = (1 + 3 + 2) * 2 / 6
+    assert abs(energy_score(g, r).item() - (to_real - 0.5 * pairs)) < 1e-5
 
 
 def test_energy_score_loss_reads_channels_and_pooled_image():

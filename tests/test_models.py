@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.prefit import set_envelope, solve_impact_head
 from zdc_sim import features, geometry, metrics, reference
 from zdc_sim.models import (LEGACY, SIZES, Discriminator, Generator, ModelConfig, generator_flops_per_sample,
                             photon_counts)
@@ -78,13 +79,13 @@ def test_fitted_envelope_is_the_mean_radial_profile_of_real_showers():
     x_cm, y_cm = reference.impact_point_cm(raw)
     inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
     points = np.stack([x_cm, y_cm], 1)[inside]
-    gen.fit_impact(x[torch.from_numpy(inside)], torch.from_numpy(points))
+    solve_impact_head(gen, x[torch.from_numpy(inside)], torch.from_numpy(points))
     offset = (np.arange(44) - 21.5) * geometry.PITCH_CM
     fitted = gen.impact_point(x[torch.from_numpy(inside)]).detach().numpy()
     r2 = (offset[None, None, :] - fitted[:, :1, None]) ** 2 + (offset[::-1][None, :, None] - fitted[:, 1:, None]) ** 2
     showers = 1e4 * np.exp(-r2 / (2 * 1.2**2))
     gaussian = torch.softmax(gen.prior, 1).reshape(44, 44).numpy()
-    gen.fit_envelope(x[torch.from_numpy(inside)], torch.from_numpy(showers))
+    set_envelope(gen, x[torch.from_numpy(inside)], torch.from_numpy(showers))
     assert gen.prior.max() == 0 and torch.isfinite(gen.prior).all()
     envelope = torch.softmax(gen.prior, 1).reshape(44, 44).numpy()
     r = np.hypot(offset[:, None], offset[None, :])
@@ -93,7 +94,7 @@ def test_fitted_envelope_is_the_mean_radial_profile_of_real_showers():
         assert abs(envelope[r > radius].sum() - expected) < 0.02 + 0.1 * expected, radius
     assert envelope[r > 2.0].sum() > 1.5 * gaussian[r > 2.0].sum()  # exp(-2 / 1.44) against exp(-2)
     with pytest.raises(ValueError, match="empty"):
-        gen.fit_envelope(x[:4], torch.zeros(4, 44, 44))
+        set_envelope(gen, x[:4], torch.zeros(4, 44, 44))
 
 
 def test_conditioner_standardises_derived_quantities():
@@ -147,7 +148,7 @@ def test_impact_head_puts_the_shower_centre_on_the_impact_point():
     x_cm, y_cm = reference.impact_point_cm(raw)
     inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
     target = torch.from_numpy(np.stack([x_cm, y_cm], 1)[inside])
-    residual = gen.fit_impact(x[torch.from_numpy(inside)], target)
+    residual = solve_impact_head(gen, x[torch.from_numpy(inside)], target)
     assert residual < 0.01  # the impact point is linear in the condition
     with torch.no_grad():
         gen.upsample[-1].weight.zero_()  # shape = the centred Gaussian envelope alone,
@@ -182,7 +183,7 @@ def test_halo_reaches_fibres_beyond_the_canvas():
     gen, _, x, raw = _fitted(ModelConfig(width=4, hidden=32, disc_width=4, halo=True), n=4000, seed=2)
     x_cm, y_cm = reference.impact_point_cm(raw)
     inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
-    gen.fit_impact(x[torch.from_numpy(inside)], torch.from_numpy(np.stack([x_cm, y_cm], 1)[inside]))
+    solve_impact_head(gen, x[torch.from_numpy(inside)], torch.from_numpy(np.stack([x_cm, y_cm], 1)[inside]))
     with torch.no_grad():
         gen.halo[-1].bias.copy_(torch.tensor([30.0, np.log(0.8)]))  # all of the shower in a 0.8 cm halo
         gen.total_mean[-1].weight.zero_()

@@ -89,17 +89,17 @@ def test_the_shipped_default_model_loads_and_is_small():
 
 def test_the_traced_cpu_forward_is_the_generator_bit_for_bit(saved_model, particles):
     """On CPU the torch engine runs the generator traced (one call that releases the GIL, see
-    Simulator._traced_counts): same counts as the module itself at any batch size, and weights
+    zdc_sim/engines.py): same counts as the module itself at any batch size, and weights
     changed in place after loading reach it."""
     sim = Simulator.load(saved_model, device="cpu", batch_size=64)
     for n in (1, 7, 130):
         raw = features.validate(particles[:n])
-        latents = sim.latents(n, seed=n)
+        draws = sim.draws(n, seed=n)
         with torch.inference_mode():
-            eager = torch.cat([sim.generator.counts(torch.from_numpy(latents[i : i + 64]),
+            eager = torch.cat([sim.generator.counts(torch.from_numpy(draws[i : i + 64]),
                                                     torch.from_numpy(sim.standardizer.transform(raw[i : i + 64])))
                                for i in range(0, n, 64)])
-        np.testing.assert_array_equal(sim.simulate_latents(raw, latents).counts, eager.numpy())
+        np.testing.assert_array_equal(sim.simulate_draws(raw, draws).counts, eager.numpy())
     before = sim.simulate(particles[:20], seed=1).channels.sum()
     with torch.no_grad():
         sim.generator.intensity.mul_(2.0)
@@ -107,12 +107,12 @@ def test_the_traced_cpu_forward_is_the_generator_bit_for_bit(saved_model, partic
 
 
 def test_batch_buckets_pad_without_changing_results(tiny_checkpoint):
-    from zdc_sim.simulator import bucket_sizes
+    from zdc_sim.engines import bucket_sizes
 
     assert bucket_sizes(1) == [1] and bucket_sizes(8) == [1, 2, 4, 8] and bucket_sizes(12) == [1, 2, 4, 8, 12]
     plain = Simulator.load(tiny_checkpoint, device="cpu", batch_size=12)
     padded = Simulator.load(tiny_checkpoint, device="cpu", batch_size=12)
-    padded.buckets = bucket_sizes(12)  # what compile=True uses, without paying for compilation
+    padded.engine.buckets = bucket_sizes(12)  # what compile=True uses, without paying for compilation
     feats = np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]] * 29, np.float32)  # 12 + 12 + 5 (padded to 8)
     np.testing.assert_allclose(padded.simulate(feats, seed=2).counts, plain.simulate(feats, seed=2).counts, rtol=1e-5)
     padded.warmup()
@@ -141,3 +141,31 @@ def test_particles_outside_the_trained_ranges_are_named_unless_extrapolation_is_
     sim.simulate(feats, seed=1)
     feats[3, 0] = feats[3, 6] = high + 0.11 * (high - low)
     assert sim.outside_domain(feats)[3]
+
+
+def test_engines_never_change_the_generator_they_are_given(tiny_checkpoint):
+    """The torch engine runs a channels-last copy and the ONNX export a contiguous one: the model
+    a caller (a training run) passes in keeps its layout and weights; changes made through
+    simulator.generator reach the torch engine."""
+    import torch
+
+    from zdc_sim.exports.onnx import onnx_bytes
+
+    loaded = Simulator.load(tiny_checkpoint, device="cpu")
+    given = Generator(loaded.generator.config)
+    given.load_state_dict(loaded.generator.state_dict())
+    before = {k: v.clone() for k, v in given.state_dict().items()}
+    layouts = [p.is_contiguous() for p in given.parameters()]
+    for engine in ("torch", "onnxruntime"):
+        sim = Simulator(given, loaded.standardizer, device="cpu", engine=engine, metadata=loaded.metadata)
+        sim.simulate(np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]]), seed=1)
+    onnx_bytes(given, loaded.standardizer, loaded.metadata)
+    assert [p.is_contiguous() for p in given.parameters()] == layouts
+    assert all(torch.equal(before[k], v) for k, v in given.state_dict().items())
+    sim = Simulator(given, loaded.standardizer, device="cpu")
+    assert sim.generator is not given
+    x = np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]] * 4)
+    first = sim.simulate(x, seed=3).channels.sum()
+    with torch.no_grad():
+        sim.generator.intensity.mul_(3.0)
+    assert sim.simulate(x, seed=3).channels.sum() == pytest.approx(3 * first, rel=0.05)

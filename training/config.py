@@ -57,6 +57,7 @@ class TrainConfig:
     shape_temperature: bool = True
     total_refit: int = 2000
     fit_intensity: bool = True  # fit one factor on counts to the training data at the end
+    prefit_steps: int = 1500  # optimizer steps starting the location-scale total heads (training/prefit.py)
     seed: int = 0
     val_fraction: float = 0.1
     val_particles: int = 1000  # particles evaluated each epoch
@@ -90,6 +91,7 @@ class TrainConfig:
             ("val_samples", self.val_samples >= 2, ">= 2"),
             ("val_particles", self.val_particles >= 3, ">= 3"),
             ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
+            ("prefit_steps", self.prefit_steps >= 0, ">= 0"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zdc_sim import regularizers
+from zdc_sim.errors import ConfigError
 from zdc_sim.models import mlp
 
 from . import gan
@@ -81,7 +82,7 @@ def make_task(name: str) -> Task:
                 a = 2 * np.pi * np.arange(4) / 4 + np.pi / 4
                 modes.append(centre + np.stack([np.cos(a), np.sin(a)], 1))
         return Task("selective", modes, 0.05)
-    raise ValueError(f"unknown synthetic task {name!r}; expected one of {list(TASKS)}")
+    raise ConfigError(f"unknown synthetic task {name!r}; expected one of {list(TASKS)}")
 
 
 class ToyGenerator(nn.Module):

@@ -53,8 +53,9 @@ def atomic_output(target, temporary: Path | None = None, keep_on: tuple[type[Bas
     """Yield a temporary path to write; when the block ends normally it is flushed to disk and
     renamed to `target`. When the block raises, the temporary file is removed and `target` is
     untouched, except for exceptions of the `keep_on` types, which keep a fixed `temporary` (an
-    export's resumable partial file)."""
+    export's resumable partial file). The target's folder is created if it is missing."""
     target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target)
     tmp = Path(temporary) if temporary is not None else _temporary(target)
     try:

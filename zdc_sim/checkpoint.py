@@ -68,6 +68,11 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
     return {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
+def model_version(metadata: dict) -> str:
+    """The first 12 hex digits of a checkpoint's sha256 (its metadata's checksum): names the exact weights."""
+    return metadata.get("checksum", "sha256:unknown").split(":")[1][:12]
+
+
 def file_fingerprint(path) -> str:
     """sha256 of a file's bytes: names the exact dataset a model was trained on."""
     digest = hashlib.sha256()
@@ -75,3 +80,22 @@ def file_fingerprint(path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """An optimizer's state as flat tensors named prefix.<param index>.<field> (what safetensors
+    holds) and its param_groups (JSON, for the metadata); `load_optimizer` reverses it."""
+    state = optimizer.state_dict()
+    tensors = {f"{prefix}.{index}.{key}": value for index, values in state["state"].items()
+               for key, value in values.items()}
+    return tensors, state["param_groups"]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor],
+                   param_groups: list) -> None:
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            _, index, field_name = key.split(".", 2)
+            state.setdefault(int(index), {})[field_name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})

@@ -155,17 +155,17 @@ def _serve(args) -> None:
 
 
 def _model_export(args) -> None:
-    from . import onnx_model
+    from .exports import onnx, triton
     from .simulator import Simulator
 
     simulator = Simulator.load(args.checkpoint, device="cpu")
     if args.format == "onnx":
-        path = onnx_model.write_onnx(simulator, args.out)
+        path = onnx.write_onnx(simulator, args.out)
         print(f"wrote {path} (model version {simulator.model_version}; inputs "
-              f"{', '.join(onnx_model.input_names(simulator.generator.config.photon_noise))}; outputs RESPONSES, CHANNELS)")
+              f"{', '.join(onnx.input_names(simulator.generator.config.photon_noise))}; outputs RESPONSES, CHANNELS)")
         return
-    repository = onnx_model.write_triton_repository(simulator, args.out, args.max_batch_size)
-    print(f"wrote the Triton model repository {repository.parent} (model '{onnx_model.TRITON_MODEL}', "
+    repository = triton.write_triton_repository(simulator, args.out, args.max_batch_size)
+    print(f"wrote the Triton model repository {repository.parent} (model '{triton.TRITON_MODEL}', "
           f"version {simulator.model_version}); start it with\n"
           f"  docker run --gpus all -p 8000:8000 -v {Path(args.out).resolve()}:/models "
           f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     mex = model.add_parser("export", help="write the model as one ONNX file or a Triton model repository")
     mex.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the shipped model)")
     mex.add_argument("--format", choices=["onnx", "triton"], default="onnx")
-    mex.add_argument("--out", required=True, help="an existing folder")
+    mex.add_argument("--out", required=True, help="output folder (created if missing)")
     mex.add_argument("--max-batch-size", dest="max_batch_size", type=int, default=4096, help="Triton's max_batch_size")
     mex.set_defaults(run=_model_export)
 
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ZdcError, ValueError) as exc:
+    except ZdcError as exc:  # what a user can cause; anything else is a bug and shows its traceback
         print(f"zdc-sim: error: {exc}", file=sys.stderr)
         return 2
     return 0

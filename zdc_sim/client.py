@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import threading
 import time
 import urllib.parse
@@ -24,8 +23,9 @@ import numpy as np
 from . import features
 from .errors import DomainError, FeatureError, ZdcError
 from .geometry import N_CHANNELS, SHAPE
-from .onnx_model import random_feeds
-from .simulator import Simulation, seeded_normals
+from .engines import random_seed, seeded_normals
+from .exports.onnx import random_feeds
+from .simulator import Simulation
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -72,7 +72,7 @@ class RemoteSimulator:
     def simulate(self, particle_features, seed: int | None = None, *, extrapolate: bool = False) -> Simulation:
         raw = features.validate(particle_features)
         if seed is None:  # one seed for every piece, so a split input is one draw
-            seed = int.from_bytes(os.urandom(8), "little") >> 1
+            seed = random_seed()
         pieces = [self._infer(raw[i : i + self.max_particles], seed, i, extrapolate)
                   for i in range(0, len(raw), self.max_particles)]
         counts = np.concatenate([p[0] for p in pieces]) if pieces else np.empty((0, *SHAPE), np.float32)

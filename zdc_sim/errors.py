@@ -6,6 +6,14 @@ class ZdcError(Exception):
     """Base class of every error a user of zdc-sim can cause."""
 
 
+class ConfigError(ZdcError, ValueError):
+    """An option, setting or map the user gave is invalid (model or regularizer options, branch maps)."""
+
+
+class DataError(ZdcError, ValueError):
+    """Arrays handed to a computation have the wrong shape or hold nothing it can use."""
+
+
 class FeatureError(ZdcError, ValueError):
     """A particle feature array is malformed or unphysical."""
 

@@ -8,14 +8,13 @@ one, joined by queues of at most two chunks, so memory stays bounded whatever th
 The output is written to a partial file beside it (`.NAME.partial`) that is renamed when complete;
 ROOT files written by uproot are readable after every basket, so after a kill `resume=True`
 copies the complete entries of the partial file and continues from there. Latents come from
-`Simulator.latents(n, seed, start)`, so with a seed the output is the same whatever the chunk size
+`Simulator.draws(n, seed, start)`, so with a seed the output is the same whatever the chunk size
 and however often the job was resumed.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import threading
 import time
@@ -27,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__, atomic, checkpoint, features, rootio
+from .engines import random_seed
 from .errors import ZdcError
 from .geometry import CHANNEL_NAMES
 from .simulator import Simulation, Simulator
@@ -95,7 +95,7 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
                 simulate: Callable[[np.ndarray, np.ndarray], Simulation] | None = None) -> ExportResult:
     """Simulate every particle of `input_path` into `output_path`. `seed` None draws one at random
     (recorded in the provenance). `compression` is an `rootio.parse_compression` spec.
-    `simulate(raw_features, latents)` replaces the simulator's own forward pass (the service
+    `simulate(raw_features, draws)` replaces the simulator's own forward pass (the service
     routes it through its batcher)."""
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
@@ -103,7 +103,7 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
     if chunk_size < 1:
         raise ZdcError(f"chunk size is {chunk_size}; expected >= 1")
     if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little") >> 1  # random, but recorded in the provenance
+        seed = random_seed()  # random, but recorded in the provenance
     total = rootio.num_entries(input_path, schema)
     provenance = {"model": simulator.metadata.get("model_size", "custom"), "model_version": simulator.model_version,
                   "model_checksum": simulator.metadata.get("checksum"), "seed": int(seed),
@@ -113,7 +113,7 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
     partial = partial_path(output_path)
     manifest = partial.with_name(partial.name + ".json")
     done = _resumable_entries(partial, manifest, provenance, tree) if resume else 0
-    simulate = simulate or simulator.simulate_latents
+    simulate = simulate or simulator.simulate_draws
     types = output_branch_types(channels_only)
 
     def chunks():
@@ -138,7 +138,7 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
             start = done
             try:
                 for raw in _threaded(chunks()):
-                    sim = simulate(raw, simulator.latents(len(raw), seed, start))
+                    sim = simulate(raw, simulator.draws(len(raw), seed, start))
                     row = {name: raw[:, i] for i, name in enumerate(features.NAMES)}
                     if not channels_only:
                         row[rootio.RESPONSE] = sim.counts
@@ -232,8 +232,7 @@ def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str
 
     rootio.parse_compression(options.get("compression", EXPORT_COMPRESSION))  # fails here, not once per input
     out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise ZdcError(f"output folder '{out_dir}' does not exist; expected a folder for {len(inputs)} outputs")
+    out_dir.mkdir(parents=True, exist_ok=True)
     outputs = [str(output_name(Path(p), out_dir)) for p in inputs]
     if len(set(outputs)) != len(outputs):
         raise ZdcError("several inputs share a file name; expected distinct names (outputs are <stem>.zdcsim.root)")

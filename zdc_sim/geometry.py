@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import DataError
+
 GRID = 44
 SHAPE = (GRID, GRID)
 FACE_CM = 7.04  # side of the ZN front face
 PITCH_CM = FACE_CM / GRID  # fibre pitch, 1.6 mm
+PIXEL_CENTRES_CM = (np.arange(GRID) - (GRID - 1) / 2) * PITCH_CM  # fibre centres from the face centre, float64
 N_CHANNELS = 5
 CHANNEL_NAMES = tuple(f"channel_{k}" for k in range(1, N_CHANNELS + 1))
 # Below this mean total, Poisson counting alone gives > 14 % relative spread: such responses
@@ -41,7 +44,7 @@ def channel_sums(responses):
     Counts, not log counts: convert log(1 + x) images back with expm1 before calling.
     """
     if responses.shape[-2:] != SHAPE:
-        raise ValueError(f"expected responses of shape (..., {GRID}, {GRID}); found {tuple(responses.shape)}")
+        raise DataError(f"expected responses of shape (..., {GRID}, {GRID}); found {tuple(responses.shape)}")
     flat = responses.reshape(*responses.shape[:-2], GRID * GRID)
     if isinstance(responses, np.ndarray):
         return flat.astype(np.float64) @ _MASKS_FLAT.T.astype(np.float64)

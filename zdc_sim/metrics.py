@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2, spearmanr, wasserstein_distance
 
-from .geometry import GRID, MIN_MEAN_COUNTS, N_CHANNELS, PITCH_CM
+from .errors import DataError
+from .geometry import GRID, MIN_MEAN_COUNTS, N_CHANNELS, PIXEL_CENTRES_CM
 from .species import ELECTROMAGNETIC, HADRONIC, shower_class
 
 SPREAD_FLOOR = 1e-6  # keeps log(generated / real spread) finite for a fully collapsed model
@@ -37,7 +38,7 @@ def group_repeats(particle_id: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndar
     ids, starts, counts = np.unique(particle_id[order], return_index=True, return_counts=True)
     keep = counts >= 2
     if not keep.any():
-        raise ValueError("expected at least one particle with 2 or more repeated simulations; found none")
+        raise DataError("expected at least one particle with 2 or more repeated simulations; found none")
     ids, starts, k = ids[keep], starts[keep], int(counts[keep].min())
     rows = order[starts[:, None] + np.arange(k)[None, :]]  # (P, K) entry indices
     return ids, [np.asarray(a)[rows] for a in arrays]
@@ -60,7 +61,7 @@ def ws_against_floor(real_channels: np.ndarray, generated_channels: np.ndarray) 
     real_channels, generated_channels = np.asarray(real_channels), np.asarray(generated_channels)
     half = real_channels.shape[1] // 2
     if half < 1 or generated_channels.shape[1] < half or len(generated_channels) != len(real_channels):
-        raise ValueError(
+        raise DataError(
             f"expected real (P, K>=2, 5) and generated (P, >=K//2, 5); found {real_channels.shape} and "
             f"{generated_channels.shape}"
         )
@@ -102,7 +103,7 @@ def selectivity(real_totals: np.ndarray, generated_totals: np.ndarray, pdg: np.n
     """
     real_totals, generated_totals = np.asarray(real_totals), np.asarray(generated_totals)
     if real_totals.shape[1] < 2 or generated_totals.shape[1] < 2 or len(real_totals) != len(generated_totals):
-        raise ValueError(
+        raise DataError(
             f"expected real (P, K>=2) and generated (P, M>=2) totals; found {real_totals.shape}, {generated_totals.shape}"
         )
     keep = real_totals.mean(axis=1) >= min_mean_counts
@@ -125,7 +126,7 @@ def shower_centres(counts: np.ndarray) -> np.ndarray:
     """Count-weighted centre (x, y) in cm from the face centre of responses (..., 44, 44); x runs
     along the columns, y up the rows (row 0 at the top). NaN for empty responses."""
     counts = np.asarray(counts, dtype=np.float64)
-    position = (np.arange(GRID) - (GRID - 1) / 2) * PITCH_CM
+    position = PIXEL_CENTRES_CM
     total = counts.sum((-2, -1))
     with np.errstate(invalid="ignore", divide="ignore"):
         x = (counts.sum(-2) * position).sum(-1) / total

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
 from .features import INDEX, N_FEATURES, Standardizer
-from .geometry import GRID, N_CHANNELS, PITCH_CM, channel_sums
+from .geometry import GRID, N_CHANNELS, PITCH_CM, PIXEL_CENTRES_CM, channel_sums
 
 N_DERIVED = 6
 CONDITION_DIM = N_FEATURES + N_DERIVED
@@ -47,7 +48,7 @@ class ModelConfig:
                   fibres of a shower near a corner stay dark (the real hadronic halo is 0.9-1.5 cm);
     envelope      (with impact_frame) what the shape logits are added to: 'gaussian' (a fixed 1 cm
                   Gaussian, the first design) or 'fitted' (the log of the mean radial profile of the
-                  real training showers around their impact point, see `fit_envelope`): real hadronic
+                  real training showers around their impact point, training/prefit.py): real hadronic
                   showers put 11 % of their counts beyond 2 cm, which a 1 cm Gaussian makes the network
                   fight for (the first design's showers put 8 % there and 0.6 % beyond 3 cm against 1.5 %).
     """
@@ -65,11 +66,11 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.halo and not self.impact_frame:
-            raise ValueError("halo needs impact_frame (the halo is centred on the impact point)")
+            raise ConfigError("halo needs impact_frame (the halo is centred on the impact point)")
         if self.upsample not in ("nearest", "transposed"):
-            raise ValueError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
+            raise ConfigError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
         if self.envelope not in ("gaussian", "fitted"):
-            raise ValueError(f"envelope must be 'gaussian' or 'fitted'; found {self.envelope!r}")
+            raise ConfigError(f"envelope must be 'gaussian' or 'fitted'; found {self.envelope!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,7 +216,7 @@ class Generator(nn.Module):
         if config.impact_frame:
             self.register_buffer("impact_weight", torch.zeros(2, CONDITION_DIM))
             self.register_buffer("impact_bias", torch.zeros(2))
-            offset = (torch.arange(GRID, dtype=torch.float32) - (GRID - 1) / 2) * PITCH_CM
+            offset = torch.tensor(PIXEL_CENTRES_CM, dtype=torch.float32)
             r2 = offset[:, None] ** 2 + offset[None, :] ** 2
             self.register_buffer("prior", (-r2 / (2 * PRIOR_CM**2)).reshape(1, -1))
             self.register_buffer("pixel_index", torch.arange(GRID, dtype=torch.float32))
@@ -224,7 +225,7 @@ class Generator(nn.Module):
             nn.init.zeros_(self.halo[-1].weight)
             with torch.no_grad():  # start as a small (5 %) halo of 1.2 cm
                 self.halo[-1].bias.copy_(torch.tensor([-3.0, float(np.log(1.2))]))
-            centres = (torch.arange(GRID, dtype=torch.float32) - (GRID - 1) / 2) * PITCH_CM
+            centres = torch.tensor(PIXEL_CENTRES_CM, dtype=torch.float32)
             self.register_buffer("pixel_x", centres)  # columns, left to right
             self.register_buffer("pixel_y", centres.flip(0))  # rows, top (high y) to bottom
         self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
@@ -238,50 +239,6 @@ class Generator(nn.Module):
         """Start the total head at the training set's mean log total (a wide dynamic range)."""
         head = self.total_mean if self.config.latent_gate else self.total
         head[-1].bias.fill_(float(mean_log_total))
-
-    @torch.no_grad()
-    def fit_impact(self, features: torch.Tensor, centres_cm: torch.Tensor, ridge: float = 1e-6) -> float:
-        """Least-squares fit of the impact head, a linear map condition -> (x, y) on the face in cm,
-        to real shower centres; returns the median distance of the fit from them (cm). A tiny ridge
-        (relative to the number of showers; the condition is standardised) keeps the solution
-        small and the same from run to run: energy and pz are nearly collinear, and a plain
-        least-squares solve answered with cancelling weights in the thousands whose last digits
-        depended on memory alignment."""
-        condition = self.conditioner(features.float()).double()
-        design = torch.cat([condition, torch.ones(len(condition), 1, dtype=torch.float64)], 1)
-        gram = design.T @ design + ridge * len(design) * torch.eye(design.shape[1], dtype=torch.float64)
-        solution = torch.linalg.solve(gram, design.T @ centres_cm.double())  # (C + 1, 2)
-        self.impact_weight.copy_(solution[:-1].T)
-        self.impact_bias.copy_(solution[-1])
-        return float((design @ solution - centres_cm.double()).norm(dim=1).median())
-
-    @torch.no_grad()
-    def fit_envelope(self, features: torch.Tensor, counts: torch.Tensor, bin_cm: float = PITCH_CM / 2) -> torch.Tensor:
-        """Set the envelope the shape logits are added to: the log of the mean share per fibre of
-        real showers at distance r from the impact head's point, in bins of `bin_cm`, read at each
-        canvas pixel's distance from the canvas centre (max 0, bins no shower reached take the
-        last reached one's value). features: standardised (N, 9); counts: real responses (N, 44, 44)
-        of showers the fitted impact head puts well inside the face. Returns the profile (bins,)."""
-        impact = self.impact_point(features.float()).double()  # (N, 2) cm
-        centres = (torch.arange(GRID, dtype=torch.float64) - (GRID - 1) / 2) * PITCH_CM
-        dx = centres[None, None, :] - impact[:, 0, None, None]  # columns run along x
-        dy = centres.flip(0)[None, :, None] - impact[:, 1, None, None]  # rows run down in y
-        bins = (torch.sqrt(dx**2 + dy**2) / bin_cm).long()
-        share = counts.double() / counts.double().sum((1, 2), keepdim=True).clamp_min(1.0)
-        n_bins = int(bins.max()) + 1
-        mass = torch.bincount(bins.flatten(), share.flatten(), minlength=n_bins)
-        fibres = torch.bincount(bins.flatten(), minlength=n_bins).double()
-        profile = mass / fibres.clamp_min(1.0)
-        reached = torch.nonzero(profile > 0).flatten()
-        if len(reached) == 0:
-            raise ValueError("expected showers with counts to fit the envelope; all responses are empty")
-        floor = profile[reached].min()  # bins past the showers' reach keep the last reached value
-        profile = torch.where(profile > 0, profile, floor)
-        canvas_r = torch.sqrt(centres[:, None] ** 2 + centres[None, :] ** 2)
-        index = (canvas_r / bin_cm).long().clamp(max=n_bins - 1)
-        log_profile = torch.log(profile[index])
-        self.prior.copy_((log_profile - log_profile.max()).reshape(1, -1).float())
-        return profile
 
     def impact_point(self, features: torch.Tensor) -> torch.Tensor:
         """(N, 2) where the impact head puts each shower's centre, cm from the face centre."""

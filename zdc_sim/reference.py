@@ -26,6 +26,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from . import geometry
+from .errors import ConfigError
 from .features import INDEX, N_FEATURES
 from .species import EM_PDG, SPECIES
 
@@ -215,7 +216,7 @@ def generate(n_particles: int, repeats: int, seed: int, first_id: int = 0) -> It
     (seed, chunk index), so the output depends on the seed alone.
     """
     if n_particles < 1 or repeats < 1:
-        raise ValueError(f"expected at least 1 particle and 1 repeat; found {n_particles} and {repeats}")
+        raise ConfigError(f"expected at least 1 particle and 1 repeat; found {n_particles} and {repeats}")
     for index, start in enumerate(range(0, n_particles, CHUNK_PARTICLES)):
         rng = np.random.default_rng([seed, index])
         m = min(CHUNK_PARTICLES, n_particles - start)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .geometry import GRID, MIN_MEAN_COUNTS, channel_sums
 
 DISTANCE_EPS = 1e-2  # keeps SDI's d_z / d_x finite when two generated samples are identical
@@ -83,7 +84,7 @@ class SDI(Regularizer):
     def __init__(self, space: str = "image"):
         super().__init__()
         if space not in ("image", "embedding"):
-            raise ValueError(f"SDI space must be 'image' or 'embedding'; found {space!r}")
+            raise ConfigError(f"SDI space must be 'image' or 'embedding'; found {space!r}")
         self.space = space
         self.uses_embedding = space == "embedding"
 
@@ -181,7 +182,7 @@ class IID(Regularizer):
 
 def _positive(name: str, value) -> float:
     if not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"regularizer option '{name}' is {value!r}; expected a number > 0")
+        raise ConfigError(f"regularizer option '{name}' is {value!r}; expected a number > 0")
     return float(value)
 
 
@@ -194,11 +195,11 @@ def make(name: str, encoder: nn.Module | None = None, **options) -> Regularizer:
     """The regularizer called `name` with its own hyper-parameters (`options`, e.g. alpha=0.9 for
     ndiv). IID needs the `encoder` it trains; the others ignore it."""
     if name not in CLASSES:
-        raise ValueError(f"unknown regularizer {name!r}; expected one of {list(NAMES)}")
+        raise ConfigError(f"unknown regularizer {name!r}; expected one of {list(NAMES)}")
     cls, given = CLASSES[name], sorted(options)
     if name == "iid":
         if encoder is None:
-            raise ValueError("regularizer 'iid' needs an encoder; expected one built for the data")
+            raise ConfigError("regularizer 'iid' needs an encoder; expected one built for the data")
         options["encoder"] = encoder
     try:
         return cls(**options)
@@ -206,7 +207,7 @@ def make(name: str, encoder: nn.Module | None = None, **options) -> Regularizer:
         import inspect
 
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "encoder")]
-        raise ValueError(f"regularizer {name!r} got options {given}; expected only {allowed}") from None
+        raise ConfigError(f"regularizer {name!r} got options {given}; expected only {allowed}") from None
 
 
 WEIGHT_KINDS = ("absolute", "relative", "channels")
@@ -228,7 +229,7 @@ def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str
     diversity cannot be measured.
     """
     if kind not in WEIGHT_KINDS:
-        raise ValueError(f"unknown diversity weight {kind!r}; expected one of {WEIGHT_KINDS}")
+        raise ConfigError(f"unknown diversity weight {kind!r}; expected one of {WEIGHT_KINDS}")
     ids, inverse, counts = np.unique(np.asarray(particle_id), return_inverse=True, return_counts=True)
     index = torch.as_tensor(inverse, dtype=torch.long)
     n = torch.as_tensor(counts, dtype=torch.float64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -20,7 +21,7 @@ from uproot.deserialization import DeserializationError
 
 from . import features as feat
 from .atomic import atomic_output
-from .errors import FeatureError, RootFileError, ZdcError
+from .errors import ConfigError, FeatureError, RootFileError, ZdcError
 from .geometry import GRID, SHAPE
 
 TREE = "zdc"
@@ -48,7 +49,7 @@ class Schema:
         renames = dict(mapping.get("branches", {}))
         unknown |= {f"branches.{k}" for k in set(renames) - set(COLUMNS)}
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"branch map: unknown keys {sorted(unknown)}; expected 'tree' and 'branches' "
                 f"mapping any of {list(COLUMNS)} to branch names"
             )
@@ -59,7 +60,7 @@ class Schema:
         try:
             return cls.from_branch_map(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"branch map '{path}': cannot read it as JSON ({exc})") from None
+            raise ConfigError(f"branch map '{path}': cannot read it as JSON ({exc})") from None
 
     def branch(self, column: str) -> str:
         return self.branches[column]
@@ -69,13 +70,15 @@ def _columns_of(parts) -> list[str]:
     columns = []
     for part in parts:
         if part not in PARTS:
-            raise ValueError(f"unknown part '{part}'; expected one of {PARTS}")
+            raise ConfigError(f"unknown part '{part}'; expected one of {PARTS}")
         columns.extend(feat.NAMES if part == FEATURES else (part,))
     return columns
 
 
-def open_tree(path, schema: Schema = Schema()):
-    """Open the dataset tree of a ROOT file, or raise RootFileError saying why it cannot be used."""
+@contextmanager
+def open_tree(path, schema: Schema = Schema()) -> Iterator[uproot.TTree]:
+    """The dataset tree of a ROOT file, open while the block runs (the file is closed after it), or
+    RootFileError saying why it cannot be used."""
     path = Path(path)
     if not path.is_file():
         raise RootFileError("no such file", file=path)
@@ -83,19 +86,20 @@ def open_tree(path, schema: Schema = Schema()):
         file = uproot.open(path)
     except (ValueError, OSError, DeserializationError, zlib.error) as exc:
         raise RootFileError("not a readable ROOT file", file=path, expected="a ROOT file", found=_short(exc)) from None
-    try:
-        tree = file[schema.tree]
-    except KeyError:
-        available = [k.split(";")[0] for k, v in file.classnames().items() if v == "TTree"]
-        raise RootFileError(
-            "missing tree", file=path, tree=schema.tree, expected=f"a TTree named '{schema.tree}'",
-            found=f"trees {available}" if available else "no TTree",
-        ) from None
-    except (OSError, DeserializationError, zlib.error, ValueError) as exc:
-        raise RootFileError("truncated or corrupt file", file=path, tree=schema.tree, found=_short(exc)) from None
-    if not isinstance(tree, uproot.TTree):
-        raise RootFileError("not a tree", file=path, tree=schema.tree, expected="a TTree", found=type(tree).__name__)
-    return tree
+    with file:
+        try:
+            tree = file[schema.tree]
+        except KeyError:
+            available = [k.split(";")[0] for k, v in file.classnames().items() if v == "TTree"]
+            raise RootFileError(
+                "missing tree", file=path, tree=schema.tree, expected=f"a TTree named '{schema.tree}'",
+                found=f"trees {available}" if available else "no TTree",
+            ) from None
+        except (OSError, DeserializationError, zlib.error, ValueError) as exc:
+            raise RootFileError("truncated or corrupt file", file=path, tree=schema.tree, found=_short(exc)) from None
+        if not isinstance(tree, uproot.TTree):
+            raise RootFileError("not a tree", file=path, tree=schema.tree, expected="a TTree", found=type(tree).__name__)
+        yield tree
 
 
 def _short(exc: Exception) -> str:
@@ -141,28 +145,29 @@ def _distance(a: str, b: str) -> int:
 
 
 def num_entries(path, schema: Schema = Schema()) -> int:
-    return int(open_tree(path, schema).num_entries)
+    with open_tree(path, schema) as tree:
+        return int(tree.num_entries)
 
 
 def iterate(path, schema: Schema = Schema(), parts=PARTS, step_size: int = READ_STEP_ENTRIES,
             entry_start: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Yield validated chunks {part: array} of at most `step_size` entries: features (n, 9)
     float32, pdg (n,) int32, particle_id (n,) int64, response (n, 44, 44) float32."""
-    tree = open_tree(path, schema)
-    columns = _columns_of(parts)
-    _check_branches(tree, path, schema, columns)
-    names = {schema.branch(c): c for c in columns}
-    start = entry_start
-    try:
-        for arrays in tree.iterate(list(names), step_size=step_size, library="ak", entry_start=entry_start):
-            n = len(arrays)
-            yield _to_parts(arrays, names, parts, path, schema, start)
-            start += n
-    except (OSError, DeserializationError, zlib.error) as exc:
-        raise RootFileError(
-            "truncated or corrupt file", file=path, tree=schema.tree,
-            expected=f"{tree.num_entries} readable entries", found=f"a failure after entry {start}: {_short(exc)}",
-        ) from None
+    with open_tree(path, schema) as tree:
+        columns = _columns_of(parts)
+        _check_branches(tree, path, schema, columns)
+        names = {schema.branch(c): c for c in columns}
+        start = entry_start
+        try:
+            for arrays in tree.iterate(list(names), step_size=step_size, library="ak", entry_start=entry_start):
+                n = len(arrays)
+                yield _to_parts(arrays, names, parts, path, schema, start)
+                start += n
+        except (OSError, DeserializationError, zlib.error) as exc:
+            raise RootFileError(
+                "truncated or corrupt file", file=path, tree=schema.tree,
+                expected=f"{tree.num_entries} readable entries", found=f"a failure after entry {start}: {_short(exc)}",
+            ) from None
 
 
 def _to_parts(arrays, names, parts, path, schema, start) -> dict[str, np.ndarray]:
@@ -266,20 +271,15 @@ class RootWriter:
         self.entries = 0
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered = 0
-        self._file = self._tree = self._output = None
+        self._file = self._tree = self._open = None
 
     def __enter__(self) -> "RootWriter":
-        if not self.path.parent.is_dir():
-            raise RootFileError("output folder does not exist", file=self.path, expected="an existing folder")
         keep_on = (KeyboardInterrupt,) if self.partial is not None else ()
-        self._output = atomic_output(self.path, self.partial, keep_on=keep_on)
-        self.tmp = self._output.__enter__()
-        try:
-            self._file = uproot.recreate(self.tmp, compression=self.compression)
+        with ExitStack() as stack:
+            self.tmp = stack.enter_context(atomic_output(self.path, self.partial, keep_on=keep_on))
+            self._file = stack.enter_context(uproot.recreate(self.tmp, compression=self.compression))
             self._tree = self._file.mktree(self.tree_name, self.types)
-        except BaseException as exc:
-            self._output.__exit__(type(exc), exc, exc.__traceback__)
-            raise
+            self._open = stack.pop_all()  # the file, then the atomic output: closed by __exit__
         return self
 
     def write(self, chunk: Mapping[str, np.ndarray]) -> None:
@@ -315,21 +315,14 @@ class RootWriter:
         self._buffer, self._buffered = [], 0
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        error = exc
-        if exc is None:
-            try:
-                self._flush()
-                for name, text in self.objects.items():
-                    self._file[name] = text
-            except BaseException as failure:
-                error = failure
-        self._file.close()
-        if error is None:
-            self._output.__exit__(None, None, None)  # flushed to disk and renamed over `path`
-            return
-        self._output.__exit__(type(error), error, error.__traceback__)  # removed (or kept as the partial file)
-        if error is not exc:
-            raise error
+        """Write what is buffered, close the file and rename it over `path`; when the block (or that
+        last write) failed, the file is removed instead (or kept as the partial file)."""
+        with self._open:
+            if exc is not None:
+                raise exc  # so that the atomic output sees the failure
+            self._flush()
+            for name, text in self.objects.items():
+                self._file[name] = text
 
 
 def write_dataset(path, chunks: Iterable[Mapping[str, np.ndarray]], schema: Schema = Schema(),
@@ -345,15 +338,22 @@ def write_dataset(path, chunks: Iterable[Mapping[str, np.ndarray]], schema: Sche
 def read_partial(path, tree: str, entries: int) -> dict[str, np.ndarray]:
     """The first `entries` entries of every branch of an output an interrupted job left (uproot
     leaves it readable after every basket), as written: {branch: array}."""
-    with uproot.open(path) as file:
-        arrays = file[tree].arrays(library="np", entry_stop=entries)
+    try:
+        with uproot.open(path) as file:
+            arrays = file[tree].arrays(library="np", entry_stop=entries)
+    except (OSError, KeyError, DeserializationError, zlib.error, ValueError) as exc:
+        raise RootFileError("unreadable partial output", file=path, tree=tree,
+                            expected=f"{entries} complete entries", found=_short(exc)) from None
     return {name: np.asarray(values) for name, values in arrays.items()}
 
 
 def partial_entries(path, tree: str) -> int:
     """Complete entries in an output an interrupted job left."""
-    with uproot.open(path) as file:
-        return int(file[tree].num_entries)
+    try:
+        with uproot.open(path) as file:
+            return int(file[tree].num_entries)
+    except (OSError, KeyError, DeserializationError, zlib.error, ValueError) as exc:
+        raise RootFileError("unreadable partial output", file=path, tree=tree, found=_short(exc)) from None
 
 
 def read_provenance(path) -> dict | None:

@@ -4,7 +4,8 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 
-from zdc_sim import cli, onnx_model, reference
+from zdc_sim import cli, reference
+from zdc_sim.exports import onnx as onnx_export
 from zdc_sim.errors import ZdcError
 from zdc_sim.simulator import Simulator
 
@@ -22,12 +23,12 @@ def _close(a, b):
 
 
 def test_exported_graph_matches_the_simulator_at_any_batch_size(sim, tmp_path):
-    path = onnx_model.write_onnx(sim, tmp_path)
+    path = onnx_export.write_onnx(sim, tmp_path)
     model = onnx.load(path)
     onnx.checker.check_model(model)
     props = {p.key: p.value for p in model.metadata_props}
     assert props["version"] == sim.model_version and props["latent_dim"] == str(sim.latent_dim)
-    assert props["features"] == "energy,vx,vy,vz,px,py,pz,mass,charge" and props["opset"] == str(onnx_model.OPSET)
+    assert props["features"] == "energy,vx,vy,vz,px,py,pz,mass,charge" and props["opset"] == str(onnx_export.OPSET)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["FEATURES", "LATENTS", "PHOTON_NOISE"]
     for n in (1, 7, 4096):
@@ -41,18 +42,18 @@ def test_exported_graph_matches_the_simulator_at_any_batch_size(sim, tmp_path):
 
 def test_random_inputs_are_the_rows_simulate_draws(sim):
     full = np.random.default_rng([5, 0]).standard_normal((64, sim.random_dim), np.float32)
-    np.testing.assert_array_equal(sim.latents(3, 5, start=10), full[10:13])  # a part of a block, drawn alone
-    np.testing.assert_array_equal(sim.latents(70, 5)[:64], full)
+    np.testing.assert_array_equal(sim.draws(3, 5, start=10), full[10:13])  # a part of a block, drawn alone
+    np.testing.assert_array_equal(sim.draws(70, 5)[:64], full)
     inputs = sim.random_inputs(70, 5)
-    np.testing.assert_array_equal(np.concatenate([inputs["LATENTS"], inputs["PHOTON_NOISE"]], 1), sim.latents(70, 5))
+    np.testing.assert_array_equal(np.concatenate([inputs["LATENTS"], inputs["PHOTON_NOISE"]], 1), sim.draws(70, 5))
 
 
 def test_onnxruntime_engine_gives_the_torch_engines_responses(sim, tiny_checkpoint):
     fast = Simulator.load(tiny_checkpoint, engine="onnxruntime", batch_size=64)
-    assert fast.engine == "onnxruntime" and str(fast.device) == "cpu"
+    assert fast.engine.name == "onnxruntime" and str(fast.device) == "cpu"
     x, _ = reference.sample_particles(300, np.random.default_rng(4))
     _close(fast.simulate(x, seed=2, extrapolate=True).channels, sim.simulate(x, seed=2, extrapolate=True).channels)
-    assert Simulator.load(tiny_checkpoint, engine="auto", device="cpu").engine == "onnxruntime"
+    assert Simulator.load(tiny_checkpoint, engine="auto", device="cpu").engine.name == "onnxruntime"
     with pytest.raises(ZdcError, match="engine 'tensorflow' is not known"):
         Simulator.load(tiny_checkpoint, engine="tensorflow")
     with pytest.raises(ZdcError, match="engine 'onnxruntime' runs on CPU in fp32"):
@@ -93,4 +94,5 @@ def test_triton_repository_from_the_command_line(tiny_checkpoint, tmp_path, caps
     assert sorted(t.name for t in tensors) == sorted(shapes)
     for t in tensors:
         assert t.data_type == _triton_model_config().TYPE_FP32 and shapes[t.name] == ["N", *t.dims], t.name
-    assert cli.main(["model", "export", str(tiny_checkpoint), "--out", str(tmp_path / "missing")]) == 2
+    assert cli.main(["model", "export", str(tiny_checkpoint), "--out", str(tmp_path / "new" / "folder")]) == 0
+    onnx.checker.check_model(onnx.load(tmp_path / "new" / "folder" / "model.onnx"))  # the folder is created

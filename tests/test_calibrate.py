@@ -1,10 +1,12 @@
-"""The total refit after the adversarial phase (training/refit.py)."""
+"""The epoch-end calibration: shape temperature and total refit (training/calibrate.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from training import refit
+from training import calibrate
+from training.losses import energy_score
+from training.prefit import solve_impact_head
 from zdc_sim import features, geometry, reference
 from zdc_sim.models import SIZES, Generator, ModelConfig
 
@@ -18,7 +20,7 @@ def _generator_and_particles(n=600, seed=5):
     gen = Generator(SIZES["tiny"])
     gen.conditioner.fit(std, raw)
     x = torch.from_numpy(std.transform(raw))
-    gen.fit_impact(x, torch.from_numpy(np.stack([x_cm, y_cm], 1)))
+    solve_impact_head(gen, x, torch.from_numpy(np.stack([x_cm, y_cm], 1)))
     return gen, x, raw, pdg
 
 
@@ -44,7 +46,7 @@ def test_refit_moves_the_total_towards_skewed_real_totals_and_only_the_total_hea
     other = {k: v.clone() for k, v in gen.state_dict().items()
              if not k.startswith(("total.", "total_mean.", "total_scale."))}
     # lr raised for the test: tiny model, few steps
-    result = refit.refit_total(gen, x, energy, pdg, real, steps=400, seed=1, lr=3e-3)
+    result = calibrate.refit_total(gen, x, energy, pdg, real, steps=400, seed=1, lr=3e-3)
     assert result["score_after"] < 0.5 * result["score_before"]
     for key, value in gen.state_dict().items():
         if key in other:
@@ -58,7 +60,7 @@ def test_refit_moves_the_total_towards_skewed_real_totals_and_only_the_total_hea
 def test_energy_score_1d_is_lowest_for_the_true_spread():
     rng = torch.Generator().manual_seed(0)
     real = torch.randn(4000, 1, generator=rng)
-    scores = {s: float(refit.energy_score_1d(s * torch.randn(4000, 8, generator=rng), real).mean())
+    scores = {s: float(energy_score((s * torch.randn(4000, 8, generator=rng))[..., None], real[..., None]).mean())
               for s in (0.0, 0.5, 1.0, 2.0)}
     assert scores[1.0] < min(scores[0.0], scores[0.5], scores[2.0])
 
@@ -66,7 +68,7 @@ def test_energy_score_1d_is_lowest_for_the_true_spread():
 def test_refit_needs_the_location_scale_total():
     gen = Generator(ModelConfig(width=4, hidden=32, disc_width=4, latent_gate=False))
     with pytest.raises(ValueError, match="latent_gate"):
-        refit.refit_total(gen, torch.zeros(4, 9), np.ones(4), np.full(4, 2112), np.ones((4, 2)), steps=1)
+        calibrate.refit_total(gen, torch.zeros(4, 9), np.ones(4), np.full(4, 2112), np.ones((4, 2)), steps=1)
 
 
 def test_shape_temperature_fit_recovers_the_temperature_that_made_the_showers():
@@ -82,7 +84,7 @@ def test_shape_temperature_fit_recovers_the_temperature_that_made_the_showers():
     real = real.reshape(len(x), 2, 5)
     gen.shape_temperature.fill_(1.0)
     before = {k: v.clone() for k, v in gen.state_dict().items() if k != "shape_temperature"}
-    result = refit.fit_shape_temperature(gen, x, real, seed=9, temperatures=[0.2, 0.35, 0.5, 0.65, 1.0])
+    result = calibrate.fit_shape_temperature(gen, x, real, seed=9, temperatures=[0.2, 0.35, 0.5, 0.65, 1.0])
     assert result["temperature"] == pytest.approx(float(gen.shape_temperature))
     assert abs(result["temperature"] - 0.5) <= 0.1, result
     scores = dict(zip(result["temperatures"], result["tower_ws"]))
