@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/rootio.py
 	$(BIN)/python bench/metric_sanity.py
 	$(BIN)/python bench/simulator.py
-	$(BIN)/python bench/service.py
+	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/soak.py

@@ -14,23 +14,19 @@ gives the Simulator's channel sums.
 import argparse
 import asyncio
 import os
-import importlib.util
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
+import serving
 from harness import median_rate, median_seconds
 
 from zdc_sim import atomic, reference
 from zdc_sim.exports.onnx import onnx_bytes
 from zdc_sim.simulator import Simulator
 
-# the load generator of bench/service.py (loaded by path: `service` is also the app's package)
-_spec = importlib.util.spec_from_file_location("bench_service", Path(__file__).with_name("service.py"))
-bench_service = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_service)
 
 
 def main():
@@ -70,11 +66,11 @@ def main():
     print(lines[-1], flush=True)
 
     engine = max(rates, key=lambda e: rates[e][64])  # the engine faster at the batches a loaded server runs
-    served = bench_service.server(True, "cpu", extra=["--engine", engine,
+    served = serving.server(True, "cpu", extra=["--engine", engine,
                                                       *(["--checkpoint", args.checkpoint] if args.checkpoint else [])])
     with served.running(timeout_s=300) as srv:
-        bare = asyncio.run(bench_service.drive(srv.url, 64, 1, True, args.seconds, bare=True))
-        rows = {c: asyncio.run(bench_service.drive(srv.url, c, 1, True, args.seconds)) for c in (1, 64)}
+        bare = asyncio.run(serving.drive(srv.url, 64, 1, True, args.seconds, bare=True))
+        rows = {c: asyncio.run(serving.drive(srv.url, c, 1, True, args.seconds)) for c in (1, 64)}
     bound = min(rates[engine][64], bare["requests_s"])
     lines += ["", "| served, single-particle binary requests | particles/s | p50 ms | p99 ms | of the bound |",
               "|---|---|---|---|---|"]

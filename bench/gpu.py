@@ -10,22 +10,18 @@ Runs on CPU too (--device cpu --sizes 256 --no-serve) as a check of the code pat
 
 import argparse
 import asyncio
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import serving
 from harness import rate_for
 
 from zdc_sim import atomic, features, reference
 from zdc_sim.models import generator_flops_per_sample
 from zdc_sim.simulator import Simulator
 
-# the load generator of bench/service.py (loaded by path: `service` is also the app's package)
-_spec = importlib.util.spec_from_file_location("bench_service", Path(__file__).with_name("service.py"))
-bench_service = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_service)
 
 # Dense peak FLOP/s from the vendors' data sheets (SXM parts; bf16 on tensor cores, fp32 without).
 PEAKS = {"H100": {"bf16": 989e12, "fp32": 67e12}, "H200": {"bf16": 989e12, "fp32": 67e12},
@@ -93,14 +89,14 @@ def main():
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     if args.serve:
-        served = bench_service.server(True, args.device, extra=["--bf16"] if device.type == "cuda" else [],
+        served = serving.server(True, args.device, extra=["--bf16"] if device.type == "cuda" else [],
                                       max_batch=max(sizes))
         with served.running(timeout_s=300) as srv:
             url = srv.url
             lines += ["", "| served (binary, loopback) | clients | particles/request | particles/s | p50 ms | p99 ms |",
                       "|---|---|---|---|---|---|"]
             for clients, particles in ((8, 1024), (64, 1024), (8, 8192)):
-                r = asyncio.run(bench_service.drive(url, clients, particles, True, args.seconds * 2))
+                r = asyncio.run(serving.drive(url, clients, particles, True, args.seconds * 2))
                 line = (f"| dynamic batching, {'bf16' if device.type == 'cuda' else 'fp32'} | {clients} | {particles:,} | {r['particles_s']:,.0f} | "
                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
                 lines.append(line)

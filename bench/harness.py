@@ -1,22 +1,18 @@
 """What every benchmark needs, written once: rates as the median of timed runs, rates over a
-fixed time, and a zdc-sim server started in a subprocess and waited for until ready (also the
-service tests' fixture).
+fixed time, and (from service.process, which the tests use too) a zdc-sim server started in a
+subprocess and waited for until ready.
 
 Scripts run as `python bench/NAME.py` import it as `harness`; tests as `bench.harness`.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import asyncio
 import statistics
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Awaitable, Callable
 
-import httpx
+from service.process import ServerProcess as Server  # noqa: F401  (the benchmarks' `from harness import Server`)
 
 
 def _sync() -> None:
@@ -58,43 +54,21 @@ def rate_for(fn: Callable[[int], int], seconds: float) -> float:
     return n / (time.perf_counter() - started)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def closed_loop(url: str, clients: int, seconds: float, request: Callable[[object], Awaitable[None]],
+                      timeout_s: float = 300.0) -> float:
+    """`clients` concurrent keep-alive connections (aiohttp: httpx's pool itself became the
+    bottleneck above ~16 concurrent requests on 2 cores), each awaiting `request(session)` back to
+    back for `seconds`; returns the seconds it took."""
+    import aiohttp
 
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as session:
+        stop = time.perf_counter() + seconds
 
-class Server:
-    """`zdc-sim serve` in a subprocess; `url` once ready, `returncode` after it stopped."""
+        async def client():
+            while time.perf_counter() < stop:
+                await request(session)
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None):
-        self.env = env or {}  # ZDC_SIM_* settings on top of this process's environment
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = ["--port", str(self.port), "--log-level", "warning", *args]
-        self.returncode: int | None = None
-        self.pid: int | None = None
-
-    @contextmanager
-    def running(self, timeout_s: float = 60.0) -> Iterator["Server"]:
-        proc = subprocess.Popen([sys.executable, "-m", "zdc_sim", "serve", *self.args], env={**os.environ, **self.env})
-        self.pid = proc.pid
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    if httpx.get(self.url + "/health/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server {' '.join(self.args)} did not become ready (exit status {proc.poll()})")
-                time.sleep(0.1)
-            yield self
-        finally:
-            proc.terminate()
-            try:
-                self.returncode = proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                self.returncode = proc.wait()
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return time.perf_counter() - started

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import Server
+from harness import Server, closed_loop
 
 from zdc_sim import features, reference
 
@@ -218,34 +218,31 @@ def npy_body(particles: int) -> bytes:
 
 
 async def flood(url: str, clients: int, particles: int, seconds: float, client_timeout_s: float) -> dict:
-    """`clients` connections sending `particles`-particle binary requests back to back for `seconds`."""
+    """`clients` connections sending `particles`-particle binary requests back to back for `seconds`
+    (a 503 is retried after its Retry-After, at most 1 s)."""
     import aiohttp
 
     body = npy_body(particles)
     headers = {"Content-Type": "application/x-npy", "Accept": "application/octet-stream"}
     latencies, statuses, timeouts = [], [], 0
-    timeout = aiohttp.ClientTimeout(total=client_timeout_s)
-    async with aiohttp.ClientSession(url, timeout=timeout, connector=aiohttp.TCPConnector(limit=clients)) as session:
-        stop = time.perf_counter() + seconds
 
-        async def client():
-            nonlocal timeouts
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                try:
-                    async with session.post("/v1/simulate", data=body, headers=headers) as r:
-                        await r.read()
-                        statuses.append(r.status)
-                        if r.status == 200:
-                            latencies.append(time.perf_counter() - started)
-                        elif r.status == 503:
-                            await asyncio.sleep(min(float(r.headers.get("Retry-After", 1)), 1.0))
-                except asyncio.TimeoutError:
-                    timeouts += 1
-                except aiohttp.ClientError:
-                    statuses.append(0)
+    async def one(session):
+        nonlocal timeouts
+        started = time.perf_counter()
+        try:
+            async with session.post("/v1/simulate", data=body, headers=headers) as r:
+                await r.read()
+                statuses.append(r.status)
+                if r.status == 200:
+                    latencies.append(time.perf_counter() - started)
+                elif r.status == 503:
+                    await asyncio.sleep(min(float(r.headers.get("Retry-After", 1)), 1.0))
+        except asyncio.TimeoutError:
+            timeouts += 1
+        except aiohttp.ClientError:
+            statuses.append(0)
 
-        await asyncio.gather(*(client() for _ in range(clients)))
+    await closed_loop(url, clients, seconds, one, timeout_s=client_timeout_s)
     lat = np.array(latencies or [float("nan")])
     return {"ok": len(latencies), "p50_s": float(np.percentile(lat, 50)), "p99_s": float(np.percentile(lat, 99)),
             "statuses": {c: statuses.count(c) for c in sorted(set(statuses))}, "timeouts": timeouts}
@@ -346,26 +343,16 @@ CHECKS = ["bomb", "json", "shapes", "export", "buffered", "slow", "overload", "a
 
 
 def run(url: str, pid: int | None, only: list[str], minutes: float) -> None:
+    checks = {
+        "bomb": lambda: check_bomb(url, pid), "json": lambda: check_json(url, pid), "shapes": lambda: check_shapes(url),
+        "export": lambda: check_export(url), "buffered": lambda: check_buffered(url, pid),
+        "slow": lambda: check_slow_sockets(url), "overload": lambda: check_overload(url),
+        # the issue's 5 s client timeout, and 1 s: shorter than the queue's bound, so requests are abandoned
+        "abandon": lambda: [check_abandon(url, client_timeout_s=t) for t in (5.0, 1.0)],
+        "soak": lambda: check_soak(url, pid, minutes),
+    }
     for name in only:
-        if name == "bomb":
-            check_bomb(url, pid)
-        elif name == "json":
-            check_json(url, pid)
-        elif name == "shapes":
-            check_shapes(url)
-        elif name == "export":
-            check_export(url)
-        elif name == "buffered":
-            check_buffered(url, pid)
-        elif name == "slow":
-            check_slow_sockets(url)
-        elif name == "overload":
-            check_overload(url)
-        elif name == "abandon":
-            for client_timeout_s in (5.0, 1.0):  # the issue's 5 s, and 1 s: shorter than the queue's bound
-                check_abandon(url, client_timeout_s=client_timeout_s)
-        elif name == "soak":
-            check_soak(url, pid, minutes)
+        checks[name]()
         if pid:
             print(f"  server RSS now {rss_mb(pid):.0f} MB, peak {rss_mb(pid, 'VmHWM'):.0f} MB", flush=True)
 

@@ -138,7 +138,7 @@ def request_features(req: SimulateRequest) -> np.ndarray:
 @lru_cache(maxsize=256)
 def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran order, dtype) of an .npy header. numpy parses the header's dict with
-    Python's literal evaluator (~0.1 ms, a third of a single-particle request's own work), and a
+    Python's literal evaluator (a large share of a single-particle request's own work), and a
     client sends the same header again and again: parsed once per distinct header."""
     fp = io.BytesIO(header)
     major, _ = np.lib.format.read_magic(fp)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.harness import Server
+from service.process import ServerProcess as Server
 from zdc_sim import checkpoint, reference, rootio
 from zdc_sim.features import Domain, Standardizer
 from zdc_sim.models import SIZES, Generator

@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 
-from bench.harness import Server
+from service.process import ServerProcess as Server
 from zdc_sim import reference
 from zdc_sim.client import RemoteSimulator, ServerError
 from zdc_sim.errors import DomainError, FeatureError, ZdcError

@@ -123,6 +123,17 @@ def test_missing_branch_is_named(tmp_path, sim):
     assert not (tmp_path / "out.root").exists()
 
 
+def test_several_inputs_on_an_in_process_dask_cluster_one_bad(tmp_path, tiny_checkpoint):
+    write_particles(tmp_path / "a.root", n=30)
+    (tmp_path / "c.root").write_bytes(b"not root at all" * 10)
+    rows = export.export_many([str(tmp_path / "a.root"), str(tmp_path / "c.root")], tmp_path / "new" / "out",
+                              checkpoint_path=str(tiny_checkpoint), workers=1, processes=False, seed=2)
+    assert [r["ok"] for r in rows] == [True, False] and "not a readable ROOT file" in rows[1]["error"]
+    assert sorted(p.name for p in (tmp_path / "new" / "out").iterdir()) == ["a.zdcsim.root"]
+    assert "1 of 2 inputs exported; 1 failed" in export.format_summary(rows)
+
+
+@pytest.mark.slow
 def test_cli_several_inputs_on_dask_one_bad(tmp_path, tiny_checkpoint):
     write_particles(tmp_path / "a.root", n=30)
     write_particles(tmp_path / "events.root", n=20, tree="events")

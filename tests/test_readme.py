@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- runnable -->\n```(bash|python)\n(.*?)```", re.S)
 
@@ -20,6 +22,7 @@ def test_readme_fits_on_a_screen_and_has_runnable_blocks():
     assert kinds.count("bash") >= 3 and kinds.count("python") >= 1
 
 
+@pytest.mark.slow
 def test_runnable_readme_blocks_run_as_written(tmp_path):
     (tmp_path / "data").mkdir()
     bin_dir = str(Path(sys.executable).parent) + "/"

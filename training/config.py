@@ -52,7 +52,7 @@ class TrainConfig:
     # At each epoch's end, a copy of the moving average gets its shape temperature fitted (one
     # factor on the latent the shape stack reads, chosen on the towers' WS of training particles),
     # then its total head refitted by the energy score of the total per GeV for total_refit steps
-    # (training/refit.py; 0 disables); that copy is validated and, when best, saved (then the
+    # (training/calibrate.py; 0 disables); that copy is validated and, when best, saved (then the
     # intensity factor at the end of the run).
     shape_temperature: bool = True
     total_refit: int = 2000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from . import __version__
@@ -56,10 +57,7 @@ def _train(args) -> None:
     from training.config import TrainConfig
     from training.loop import train
 
-    overrides = {k: getattr(args, k) for k in ("data", "out", "val_data", "model", "epochs", "batch_size",
-                                                "regularizer", "lam", "sdi_weighting", "sdi_space", "seed",
-                                                "device", "threads", "checkpoint_every", "max_entries",
-                                                "energy_score", "energy_score_image", "ema")}
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     if args.regularizer_options:
         overrides["regularizer_options"] = dict(_key_value(o) for o in args.regularizer_options)
     config = TrainConfig.build(args.config, **overrides)
@@ -71,6 +69,47 @@ def _train(args) -> None:
         raise ZdcError(f"--resume: no training state '{last}' to continue; expected a run folder of an earlier run")
     best = train(config, progress_bar=not args.quiet)
     print(f"best checkpoint: {best}")
+
+
+# Help of the training flags that say more than the field's name; every field of TrainConfig is a flag.
+TRAIN_HELP = {
+    "data": "training ROOT file", "out": "run folder: best.safetensors, last.safetensors, metrics.jsonl, plots",
+    "val_data": "held-out ROOT file (default: a share of --data)", "model": "model size: tiny, small, base, large",
+    "model_options": "JSON object of ModelConfig fields over the size's, e.g. '{\"halo\": true}'",
+    "regularizer": "sdi, ms, dp, ndiv, iid, or none (the plain conditional GAN)",
+    "lam": "weight of the regularizer (default: its published one)",
+    "sdi_weighting": "absolute (published), relative or channels spread weights", "sdi_space": "image or embedding",
+    "energy_score": "weight of the channel energy score", "energy_score_image": "weight of the pooled-image energy score",
+    "ema": "decay of the generator's moving average (0: none)", "device": "auto, cpu, cuda or cuda:N",
+    "threads": "torch CPU threads", "checkpoint_every": "save the resumable state every N steps",
+    "max_entries": "read at most N entries of --data", "prefit_steps": "optimizer steps of the total heads' pre-fit",
+}
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}; expected true or false")
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--lambda for lam; --regularizer-option KEY=VALUE, repeatable,
+    for regularizer_options), typed from the field's annotation; unset flags leave the config file's
+    value or the field's default."""
+    from training.config import TrainConfig
+
+    kinds = {"int": int, "float": float, "str": str, "bool": _parse_bool, "dict": json.loads}
+    for f in fields(TrainConfig):
+        if f.name == "regularizer_options":
+            parser.add_argument("--regularizer-option", dest="regularizer_options", action="append",
+                                metavar="KEY=VALUE", help="a hyper-parameter of the regularizer, e.g. alpha=0.9 (repeatable)")
+            continue
+        flag = "--lambda" if f.name == "lam" else "--" + f.name.replace("_", "-")
+        kind = kinds[str(f.type).split(" | ")[0]]
+        default = f" (default {f.default!r})" if f.default not in (MISSING, None) else ""
+        parser.add_argument(flag, dest=f.name, type=kind, help=TRAIN_HELP.get(f.name, f.name.replace("_", " ")) + default)
 
 
 def _key_value(text: str) -> tuple[str, float]:
@@ -198,28 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(run=_data_convert)
 
     tr = commands.add_parser("train", help="train a generator on a ROOT dataset (torchrun for several processes)")
-    tr.add_argument("--data", help="training ROOT file")
-    tr.add_argument("--out", help="run folder: best.safetensors, last.safetensors, metrics.jsonl, plots")
     tr.add_argument("--config", help="JSON file of training.config.TrainConfig fields; flags override it")
-    tr.add_argument("--val-data", dest="val_data", help="held-out ROOT file (default: a share of --data)")
-    tr.add_argument("--model", help="model size: tiny, small, base, large")
-    tr.add_argument("--regularizer", help="sdi, ms, dp, ndiv, iid, or none (the plain conditional GAN)")
-    tr.add_argument("--lambda", dest="lam", type=float, help="weight of the regularizer (default: its published one)")
-    tr.add_argument("--regularizer-option", dest="regularizer_options", action="append", metavar="KEY=VALUE",
-                    help="a hyper-parameter of the regularizer, e.g. alpha=0.9 (repeatable)")
-    tr.add_argument("--sdi-weighting", dest="sdi_weighting", help="absolute (published), relative or channels spread weights")
-    tr.add_argument("--energy-score", dest="energy_score", type=float, help="weight of the channel energy score")
-    tr.add_argument("--energy-score-image", dest="energy_score_image", type=float,
-                    help="weight of the pooled-image energy score")
-    tr.add_argument("--ema", type=float, help="decay of the generator's moving average (0: none)")
-    tr.add_argument("--sdi-space", dest="sdi_space", help="image or embedding")
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--batch-size", dest="batch_size", type=int)
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    tr.add_argument("--threads", type=int, help="torch CPU threads")
-    tr.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="save the resumable state every N steps")
-    tr.add_argument("--max-entries", dest="max_entries", type=int, help="read at most N entries of --data")
+    _add_train_flags(tr)
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(run=_train)

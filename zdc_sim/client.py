@@ -6,7 +6,7 @@ For one seed the answer equals the local Simulator's: a zdc-sim server draws the
 the rows it is sent (the request names the seed and, for a large input split into requests, the
 first row); for Triton they are drawn here, in the same seeded blocks, and sent along. Only the
 standard library is used (http.client, one kept-alive connection per thread: a new connection per
-request cost ~1 ms of a single particle's ~7 ms on loopback, a round trip more on a network), so a
+request costs a round trip and a handshake, a noticeable share of a single particle's request), so a
 pipeline needs nothing beyond zdc-sim itself.
 """
 

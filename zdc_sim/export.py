@@ -223,11 +223,10 @@ _WORKER_SIMULATORS: dict = {}
 
 
 def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str = "cpu", engine: str = "torch",
-                scheduler: str | None = None,
-                workers: int = 2, **options) -> list[dict]:
+                scheduler: str | None = None, workers: int = 2, processes: bool = True, **options) -> list[dict]:
     """Each input to `out_dir/<stem>.zdcsim.root`, in parallel on Dask distributed: a local cluster
-    of `workers` processes, or the cluster at `scheduler`. Returns one summary row per input; a
-    failed input does not stop the others."""
+    of `workers` processes (threads of this process with processes=False), or the cluster at
+    `scheduler`. Returns one summary row per input; a failed input does not stop the others."""
     from dask.distributed import Client, LocalCluster
 
     rootio.parse_compression(options.get("compression", EXPORT_COMPRESSION))  # fails here, not once per input
@@ -238,7 +237,7 @@ def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str
         raise ZdcError("several inputs share a file name; expected distinct names (outputs are <stem>.zdcsim.root)")
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=None)
     try:
         with Client(scheduler or cluster) as client:
             futures = client.map(_export_task, inputs, outputs, checkpoint_path=checkpoint_path, device=device, engine=engine,

@@ -91,6 +91,8 @@ class ModelConfig:
         return self.latent_dim + self.noise_dim
 
 
+# The structure of the first design: checkpoints written before these options existed (the first
+# default model, docs/history.md) lack the keys and are loaded with these values.
 LEGACY = {"impact_frame": False, "latent_gate": False, "upsample": "transposed", "photon_noise": False, "halo": False,
           "envelope": "gaussian"}
 
@@ -230,7 +232,7 @@ class Generator(nn.Module):
             self.register_buffer("pixel_y", centres.flip(0))  # rows, top (high y) to bottom
         self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
         # Post-processing factor on the latent the shape stack reads (the total head reads it as it
-        # is): fitted after training (training/refit.py), since adversarial training leaves the
+        # is): fitted after training (training/calibrate.py), since adversarial training leaves the
         # shapes of one particle more varied than real showers (far towers' spread 1.25x).
         self.register_buffer("shape_temperature", torch.ones(()))
 

@@ -23,8 +23,7 @@ from .geometry import SHAPE, channel_sums
 from .models import Generator, ModelConfig
 
 DEFAULT_BATCH = 4096  # rows per forward pass on CUDA
-# On CPU smaller passes keep the 44 x 44 activations in cache: 2,643 samples/s for 1,024 particles in
-# passes of 128 against 1,773 in one pass (the default model, 2 cores).
+# On CPU smaller passes keep the 44 x 44 activations in cache (faster than one large pass: docs/benchmarks.md).
 CPU_BATCH = 128
 
 

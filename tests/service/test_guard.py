@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.harness import Server
+from service.process import ServerProcess as Server
 from service import Settings, create_app
 from service.guard import host_name
 from zdc_sim import reference

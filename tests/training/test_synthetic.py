@@ -55,6 +55,7 @@ def test_every_method_trains_a_toy_gan_without_nan(method):
     assert np.isfinite(result["hq_share"]) and np.isfinite(result["single_mode_spread"])
 
 
+@pytest.mark.slow
 def test_benchmark_writes_table_json_and_plot(tmp_path):
     plan = benchmark.BenchPlan(seeds=2, toy_steps=10, zdc_particles=40, zdc_heldout=12, zdc_model="tiny",
                                zdc_epochs=1, zdc_batch=16)

@@ -7,7 +7,7 @@ particles/s, requests/s, latency p50 / p99, and the ratio to the in-process figu
 In-process batch 1 vs batch <most clients> bounds what dynamic batching can give single-particle
 requests: coalescing N requests can at most turn N batch-1 passes into one batch-N pass.
 
-    python bench/service.py [--seconds 5] [--device cpu]
+    python bench/serving.py [--seconds 5] [--device cpu]
 """
 
 import argparse
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from harness import Server, rate_for
+from harness import Server, closed_loop, rate_for
 
 from zdc_sim import reference
 from zdc_sim.simulator import Simulator
@@ -48,8 +48,7 @@ def request_kwargs(particles: int, binary: bool) -> dict:
 
 
 async def drive(url: str, clients: int, particles: int, binary: bool, seconds: float, bare: bool = False) -> dict:
-    """`clients` concurrent keep-alive connections (aiohttp: httpx's pool itself became the
-    bottleneck above ~16 concurrent requests on 2 cores), each sending requests back to back.
+    """`clients` concurrent keep-alive connections, each sending requests back to back.
     `bare`: GET /v2/health/live instead, the server's rate for a request that does nothing."""
     import aiohttp
 
@@ -60,28 +59,22 @@ async def drive(url: str, clients: int, particles: int, binary: bool, seconds: f
         body, headers, params = None, {}, None
     latencies: list[float] = []
     errors = 0
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
-        stop = time.perf_counter() + seconds
 
-        async def one_client():
-            nonlocal errors
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                try:
-                    async with session.request(method, path, data=body, headers=headers, params=params) as r:
-                        await r.read()
-                        ok = r.status == 200
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - t)
-                else:
-                    errors += 1
+    async def one(session):
+        nonlocal errors
+        t = time.perf_counter()
+        try:
+            async with session.request(method, path, data=body, headers=headers, params=params) as r:
+                await r.read()
+                ok = r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            ok = False
+        if ok:
+            latencies.append(time.perf_counter() - t)
+        else:
+            errors += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    elapsed = await closed_loop(url, clients, seconds, one)
     lat = np.array(latencies or [float("nan")]) * 1000
     return {"requests_s": len(latencies) / elapsed, "particles_s": len(latencies) * particles / elapsed,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "errors": errors}

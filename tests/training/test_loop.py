@@ -15,10 +15,19 @@ from zdc_sim.simulator import Simulator
 
 
 def _config(data, out, **changes):
+    """A tiny run: 2 epochs of ~14 steps, 20 pre-fit steps (1,500 by default), 10 refit steps."""
     values = dict(data=str(data), out=str(out), model="tiny", epochs=2, batch_size=16, val_particles=5,
-                  val_samples=4, seed=3, threads=1, plots=False, total_refit=10)
+                  val_samples=4, seed=3, threads=1, plots=False, total_refit=10, prefit_steps=20)
     values.update(changes)
     return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_file, tmp_path_factory):
+    """One tiny run with the default recipe (SDI, energy score, average, calibration, plots), shared
+    by the tests that only read what it wrote."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    return loop.train(_config(tiny_file, out, plots=True), progress_bar=False).parent
 
 
 def _weights(path):
@@ -26,10 +35,9 @@ def _weights(path):
     return tensors
 
 
-def test_training_writes_checkpoints_log_and_plots(tiny_file, tmp_path):
-    out = tmp_path / "run"
-    best = loop.train(_config(tiny_file, out, plots=True), progress_bar=False)
-    assert best == out / "best.safetensors"
+def test_training_writes_checkpoints_log_and_plots(trained_run, tiny_file):
+    out = trained_run
+    best = out / "best.safetensors"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
@@ -109,12 +117,14 @@ def test_energy_score_and_average_can_be_switched_off(tiny_file, tmp_path):
     assert "intensity_factor" not in checkpoint.load(out / "best.safetensors")[1]
 
 
+@pytest.mark.slow
 def test_plain_gan_has_no_regularizer_term(tiny_file, tmp_path):
     loop.train(_config(tiny_file, tmp_path / "plain", regularizer="none", epochs=1), progress_bar=False)
     record = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text())
     assert record["loss_reg"] == 0.0
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_ends_with_the_same_weights(tiny_file, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     loop.train(_config(tiny_file, straight, checkpoint_every=5), progress_bar=False)
@@ -146,7 +156,8 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_file, tmp_path, mon
         assert torch.equal(value, _weights(killed / "best.safetensors")[key])
 
 
-def test_cli_train_resume_and_evaluate(tiny_file, tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_train_and_resume(tiny_file, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["train", "--data", str(tiny_file), "--out", str(out), "--model", "tiny", "--epochs", "1",
             "--batch-size", "16", "--threads", "1", "--quiet", "--regularizer", "sdi", "--lambda", "0.5"]
@@ -159,6 +170,24 @@ def test_cli_train_resume_and_evaluate(tiny_file, tmp_path, capsys):
     assert cli.main(args[:-2] + ["--lambda", "2.0", "--epochs", "3", "--resume"]) == 2
     assert "config differs in ['lam']" in capsys.readouterr().err
 
+
+def test_cli_train_flags_come_from_the_config(tiny_file, tmp_path, capsys):
+    """Every field of TrainConfig but data/out is a flag of `zdc-sim train` (the flags are derived
+    from the dataclass), and a flag's value reaches the config."""
+    from dataclasses import fields
+
+    parser = cli.build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
+    flags = {o for action in train._actions for o in action.option_strings}
+    missing = [f.name for f in fields(TrainConfig) if "--" + f.name.replace("_", "-") not in flags
+               and f.name not in ("data", "out", "lam", "regularizer_options")]
+    assert not missing, missing
+    assert {"--lambda", "--regularizer-option", "--prefit-steps"} <= flags
+    assert parser.parse_args(["train", "--prefit-steps", "7", "--plots", "false"]).prefit_steps == 7
+
+
+def test_cli_evaluate_reports_and_plots(trained_run, tiny_file, tmp_path, capsys):
+    out = trained_run
     assert cli.main(["evaluate", "--checkpoint", str(out / "best.safetensors"), "--data", str(tiny_file),
                      "--ceiling", "--json", "--samples", "4"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
@@ -200,6 +229,7 @@ def test_config_file_and_errors(tmp_path):
         TrainConfig.build(None, out="o")
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tiny_file, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = tmp_path / "ddp"
@@ -216,6 +246,7 @@ def test_ddp_two_processes_on_cpu(tiny_file, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ms", "dp", "ndiv", "iid"])
 def test_every_regularizer_trains_with_finite_losses(tiny_file, tmp_path, method):
     out = tmp_path / method
@@ -226,6 +257,7 @@ def test_every_regularizer_trains_with_finite_losses(tiny_file, tmp_path, method
     assert meta["regularizer"] == method and meta["lam"] is None
 
 
+@pytest.mark.slow
 def test_iid_resume_restores_its_encoder(tiny_file, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # Constant learning rates: a decay is planned over the configured epochs, which change here.
