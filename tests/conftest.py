@@ -1,3 +1,7 @@
+"""Fixtures shared by every test: a tiny reference dataset, an untrained tiny checkpoint and a
+served one. The tests mirror the packages (docs/architecture.md); `make test` runs all but the
+`slow` tier, `make test-all` everything."""
+
 import numpy as np
 import pytest
 import torch

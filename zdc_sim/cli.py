@@ -210,23 +210,34 @@ def _model_export(args) -> None:
           f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
 
 
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    """Options several commands share, defined once (argparse parents)."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", help="no progress bar")
+    branch_map = argparse.ArgumentParser(add_help=False)
+    branch_map.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--checkpoint", help="checkpoint file (default: the model shipped with zdc-sim)")
+    model.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    return {"quiet": quiet, "branch_map": branch_map, "model": model}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    shared = _parents()
     parser = argparse.ArgumentParser(prog="zdc-sim", description="Fast simulation of the ALICE ZN calorimeter.")
     parser.add_argument("--version", action="version", version=f"zdc-sim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="generate, inspect and convert datasets").add_subparsers(dest="action", required=True)
-    gen = data.add_parser("generate", help="simulate a dataset with the reference Monte Carlo")
+    gen = data.add_parser("generate", help="simulate a dataset with the reference Monte Carlo", parents=[shared["quiet"]])
     gen.add_argument("--particles", type=int, required=True, help="distinct particles")
     gen.add_argument("--repeats", type=int, default=4, help="independent simulations of each particle")
     gen.add_argument("--seed", type=int, required=True)
     gen.add_argument("--out", required=True, help="output ROOT file (written atomically)")
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(run=_data_generate)
 
-    ins = data.add_parser("inspect", help="print the statistics of a dataset")
+    ins = data.add_parser("inspect", help="print the statistics of a dataset", parents=[shared["branch_map"]])
     ins.add_argument("path")
-    ins.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.set_defaults(run=_data_inspect)
 
@@ -236,15 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True)
     conv.set_defaults(run=_data_convert)
 
-    tr = commands.add_parser("train", help="train a generator on a ROOT dataset (torchrun for several processes)")
+    tr = commands.add_parser("train", help="train a generator on a ROOT dataset (torchrun for several processes)",
+                             parents=[shared["quiet"]])
     tr.add_argument("--config", help="JSON file of training.config.TrainConfig fields; flags override it")
     _add_train_flags(tr)
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
-    tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(run=_train)
 
-    ev = commands.add_parser("evaluate", help="score a model on a dataset with the metrics protocol")
-    ev.add_argument("--checkpoint", help="checkpoint file (default: the model shipped with zdc-sim)")
+    ev = commands.add_parser("evaluate", help="score a model on a dataset with the metrics protocol",
+                             parents=[shared["model"], shared["branch_map"]])
     ev.add_argument("--data", required=True, help="ROOT file with K >= 2 repeats per particle")
     ev.add_argument("--samples", type=int, default=10, help="generated samples per particle (M)")
     ev.add_argument("--max-particles", dest="max_particles", type=int, help="evaluate the first N particles only")
@@ -254,29 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bootstrap", type=int, default=200,
                     help="resamples of the particles for the interval of the mean ratio (0: none)")
     ev.add_argument("--plots", metavar="DIR", help="also draw channel histograms per class, spreads, mean responses")
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     ev.set_defaults(run=_evaluate)
 
-    ex = commands.add_parser("export", help="simulate the particles of ROOT files into ROOT files of responses")
+    ex = commands.add_parser("export", help="simulate the particles of ROOT files into ROOT files of responses",
+                             parents=[shared["model"], shared["branch_map"], shared["quiet"]])
     ex.add_argument("inputs", nargs="+", metavar="INPUT", help="ROOT files with the 9 particle feature branches")
     ex.add_argument("--out", required=True, help="output file (one input) or folder (<stem>.zdcsim.root per input)")
     ex.add_argument("--seed", type=int, help="same seed, same output (default: random, recorded in the provenance)")
-    ex.add_argument("--checkpoint", help="checkpoint file (default: the shipped model)")
-    ex.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ex.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "auto"],
                     help="torch (CPU or CUDA), onnxruntime (CPU) or auto (onnxruntime on CPU)")
     ex.add_argument("--chunk-size", dest="chunk_size", type=int, default=8192, help="particles per chunk")
     ex.add_argument("--tree", help="tree of the input (default 'zdc' or the branch map's); the output uses the same name")
-    ex.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     ex.add_argument("--channels-only", dest="channels_only", action="store_true", help="no response branch")
     ex.add_argument("--resume", action="store_true", help="continue an interrupted export from its last complete chunk")
     ex.add_argument("--compression",
                     help="none (default: simulated responses barely compress) or zlib|lzma|lz4|zstd:LEVEL, e.g. zstd:1")
     ex.add_argument("--scheduler", help="Dask scheduler address (several inputs; default: a local cluster)")
     ex.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster")
-    ex.add_argument("--quiet", action="store_true", help="no progress bar")
     ex.set_defaults(run=_export)
 
     srv = commands.add_parser("serve", help="serve a model over HTTP (native API and Open Inference Protocol v2)")

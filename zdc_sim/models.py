@@ -133,6 +133,11 @@ class Conditioner(nn.Module):
         self.derived_mean.copy_(derived.mean(0))
         self.derived_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
 
+    def energy_gev(self, standardized: torch.Tensor) -> torch.Tensor:
+        """(N,) the particles' energy in GeV, from their standardised features."""
+        i = INDEX["energy"]
+        return standardized[:, i].float() * self.feature_std[i] + self.feature_mean[i]
+
     def forward(self, standardized: torch.Tensor) -> torch.Tensor:
         raw = standardized.double() * self.feature_std.double() + self.feature_mean.double()
         derived = (_derived(raw) - self.derived_mean.double()) / self.derived_std.double()
@@ -349,12 +354,7 @@ class Discriminator(nn.Module):
         self.config = config
         w, h = config.disc_width, config.hidden
         self.conditioner = Conditioner()
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 22
-            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 11
-            nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 5
-            nn.Flatten(), nn.Linear(4 * w * 5 * 5, h), nn.LeakyReLU(0.2),
-        )
+        self.conv = image_encoder(w, h, stages=3)  # 44 -> 22 -> 11 -> 5
         self.head = mlp([h + N_CHANNELS + 2 + CONDITION_DIM, h, 1])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -364,7 +364,7 @@ class Discriminator(nn.Module):
         embedding = self.embed(images)
         log_sums = torch.log1p(channel_sums(torch.expm1(images[:, 0].float()).clamp_min(0)))
         log_total = torch.logsumexp(log_sums, dim=1, keepdim=True)
-        energy = standardized_energy_gev(features, self.conditioner)
+        energy = self.conditioner.energy_gev(features)
         per_gev = (log_total - torch.log(energy.clamp_min(1e-3))[:, None]).clamp(1.0, 5.0)  # misses sit at 1
         # The share of the odd-parity fibres (channel 5) is 0.50 +- 0.02: amplified, so a checkerboard shows.
         sums = torch.expm1(log_sums)
@@ -382,21 +382,22 @@ class Encoder(nn.Module):
         super().__init__()
         w, h = config.disc_width, config.hidden
         self.conditioner = Conditioner()
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 22
-            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 11
-            nn.Flatten(), nn.Linear(2 * w * 11 * 11, h), nn.LeakyReLU(0.2),
-        )
+        self.conv = image_encoder(w, h, stages=2)  # 44 -> 22 -> 11
         self.head = mlp([h + CONDITION_DIM, h, config.latent_dim])
 
     def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.conv(images), self.conditioner(features)], 1))
 
 
-def standardized_energy_gev(features: torch.Tensor, conditioner: Conditioner) -> torch.Tensor:
-    """The energy column of standardised features, back in GeV."""
-    i = INDEX["energy"]
-    return features[:, i].float() * conditioner.feature_std[i] + conditioner.feature_mean[i]
+def image_encoder(width: int, hidden: int, stages: int) -> nn.Sequential:
+    """A 44 x 44 image -> (N, hidden): `stages` stride-2 4 x 4 convolutions of width, 2 x width, ...
+    channels (44 -> 22 -> 11 -> 5), then one dense layer; what the discriminator and IID's encoder read."""
+    layers: list[nn.Module] = []
+    channels, size = 1, GRID
+    for k in range(stages):
+        layers += [nn.Conv2d(channels, width * 2**k, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        channels, size = width * 2**k, size // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.LeakyReLU(0.2))
 
 
 def generator_flops_per_sample(config: ModelConfig = ModelConfig()) -> int:
