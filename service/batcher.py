@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zdc_sim.engines import random_seed
-from zdc_sim.simulator import Simulation, Simulator
+from zdc_sim.simulator import WARMUP_PARTICLE, Simulation, Simulator
 
 
 class QueueFull(Exception):
@@ -81,7 +81,7 @@ class DynamicBatcher:
     def calibrate(self, repeats: int = 3) -> None:
         """Measure the particles/s of full batches on this machine (blocking: call it in a thread
         at warm-up) and bound the queue to max_queue_seconds of them."""
-        raw = np.repeat(np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]], np.float32), self.max_batch, 0)
+        raw = np.repeat(WARMUP_PARTICLE, self.max_batch, 0)
         draws = self.simulator.draws(self.max_batch, 0)
         times = []
         for _ in range(repeats):
@@ -160,9 +160,11 @@ class DynamicBatcher:
             return False
         return True
 
-    async def _next_piece(self, wait_s: float | None) -> _Piece | None:
-        """The next wanted queued piece: waited for up to wait_s seconds (None: for ever, 0: not at all)."""
+    async def _next_piece(self, deadline: float | None) -> _Piece | None:
+        """The next wanted queued piece, waited for until `deadline` (time.perf_counter(); None:
+        for ever). Dropped pieces do not extend the wait."""
         while True:
+            wait_s = None if deadline is None else deadline - time.perf_counter()
             if wait_s is None:
                 piece = await self._queue.get()
             elif wait_s <= 0:
@@ -192,7 +194,7 @@ class DynamicBatcher:
             return batch
         deadline = time.perf_counter() + (self.delay if any(self._batches_shared) else 0.0)
         while rows < self.max_batch:
-            piece = await self._next_piece(max(0.0, deadline - time.perf_counter()))
+            piece = await self._next_piece(deadline)
             if piece is None:
                 break
             if rows + len(piece.features) > self.max_batch:

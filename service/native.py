@@ -148,6 +148,8 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
 
     simulate.fast_lane = True  # answered ahead of FastAPI's routing (service/fastlane.py)
 
+    export_lock = asyncio.Lock()  # one export at a time: each holds an upload and an answer on disk
+
     @api.post("/v1/export", summary="upload a ROOT file of particles, receive a ROOT file of responses",
               openapi_extra={"requestBody": {"required": True, "content": {
                   OCTET: {"schema": {"type": "string", "format": "binary"}}}}},
@@ -179,8 +181,6 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
                 raise
         return FileResponse(target, media_type=OCTET, filename="export.root",
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
-
-    export_lock = asyncio.Lock()
 
     def export_upload(source: Path, target: Path, seed: int | None, tree: str, channels_only: bool, simulate) -> None:
         """The export of an uploaded file (in a thread), after checking its size in particles;

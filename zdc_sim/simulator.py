@@ -25,6 +25,7 @@ from .models import Generator, ModelConfig
 DEFAULT_BATCH = 4096  # rows per forward pass on CUDA
 # On CPU smaller passes keep the 44 x 44 activations in cache (faster than one large pass: docs/benchmarks.md).
 CPU_BATCH = 128
+WARMUP_PARTICLE = np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]], np.float32)  # a 2.5 TeV neutron
 
 
 def default_model_path() -> Path:
@@ -73,9 +74,8 @@ class Simulator:
 
     def warmup(self) -> None:
         """Run every batch bucket once (compiles them when compiled), so no request pays for it."""
-        raw = np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]], np.float32)  # a 2.5 TeV neutron
         for n in self.engine.buckets or [1, self.batch_size]:
-            self.simulate_draws(np.repeat(raw, n, 0), self.draws(n, 0))
+            self.simulate_draws(np.repeat(WARMUP_PARTICLE, n, 0), self.draws(n, 0))
 
     @classmethod
     def load(cls, path=None, *, device=None, bf16: bool = False, batch_size: int | None = None,
