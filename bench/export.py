@@ -19,7 +19,7 @@ import uproot
 
 from harness import rate_for
 
-from zdc_sim import export, features, geometry, reference, rootio
+from zdc_sim import export, features, reference, rootio
 from zdc_sim.simulator import Simulator
 
 CHUNK = export.DEFAULT_CHUNK
@@ -54,9 +54,10 @@ def in_process(device: str, seconds: float = 10.0) -> tuple[float, dict[str, np.
                     seconds)
     out = sim.simulate_draws(raw, sim.draws(len(raw), 1))
     chunk = {name: raw[:, i] for i, name in enumerate(features.NAMES)}
-    chunk["response"] = out.counts
-    chunk.update({name: out.channels[:, i] for i, name in enumerate(geometry.CHANNEL_NAMES)})
-    chunk[export.OUT_OF_DOMAIN] = sim.outside_domain(raw)
+    chunk[export.branch("response", "zn")] = out.counts
+    chunk[export.branch("channels", "zn")] = out.channels
+    chunk[export.branch(export.OUT_OF_DOMAIN, "zn")] = sim.outside_domain(raw)
+    chunk[export.branch("reached", "zn")] = out.reached
     return rate, chunk
 
 

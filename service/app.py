@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 
 from zdc_sim import __version__
-from zdc_sim.simulator import Simulator
+from zdc_sim.errors import ZdcError
+from zdc_sim.simulator import Simulator, default_model_path
 
 from . import native, oip
 from .batcher import DynamicBatcher
@@ -23,7 +24,7 @@ from .fastlane import FastLane
 from .guard import Guard
 from .metrics import Metrics
 from .settings import Settings
-from .state import ServiceState
+from .state import Served, ServiceState
 
 
 class _Observe:
@@ -58,10 +59,30 @@ class _Observe:
                 state.metrics.observe_request(route, status, time.perf_counter() - started)
 
 
-def create_app(settings: Settings | None = None, simulator: Simulator | None = None) -> FastAPI:
-    """The service. `simulator` skips loading (tests pass a small one); otherwise the checkpoint of
-    `settings` (default: the shipped model) is loaded on startup, then warmed up; only then is the
-    app ready."""
+def load_models(settings: Settings) -> dict[str, Simulator]:
+    """{detector: Simulator}: the ZN model of `checkpoint`, and the ZP model of `zp_checkpoint`
+    (None: the shipped one when the package has it; 'none': no ZP)."""
+    options = dict(device=settings.device, bf16=settings.bf16, batch_size=settings.max_batch_size,
+                   compile=settings.compile, engine=settings.engine)
+    sims = {"zn": Simulator.load(settings.checkpoint, **options)}
+    zp = settings.zp_checkpoint
+    if zp is None and default_model_path("zp").is_file():
+        zp = "zp"
+    if zp is not None and zp.lower() != "none":
+        sims["zp"] = Simulator.load(zp, **options)
+    for name, sim in sims.items():
+        if sim.detector.name != name:
+            raise ZdcError(f"the {name.upper()} checkpoint simulates the {sim.detector.name.upper()}; expected a "
+                           f"{name.upper()} model (checkpoint for the ZN, zp_checkpoint for the ZP)")
+    return sims
+
+
+def create_app(settings: Settings | None = None, simulator: Simulator | None = None,
+               simulators: dict[str, Simulator] | None = None) -> FastAPI:
+    """The service. `simulator` (or `simulators`, {detector: Simulator}) skips loading (tests pass
+    small ones); otherwise the checkpoints of `settings` (default: the shipped ZN model, and the
+    shipped ZP model when the package has one) are loaded on startup, then warmed up; only then is
+    the app ready."""
     settings = settings or Settings.from_env()
     token = settings.token()  # an unreadable token file is named now, not at the first request
     settings.check_exposure()
@@ -71,30 +92,36 @@ def create_app(settings: Settings | None = None, simulator: Simulator | None = N
     async def lifespan(app: FastAPI):
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        sim = simulator or await asyncio.to_thread(
-            Simulator.load, settings.checkpoint, device=settings.device, bf16=settings.bf16,
-            batch_size=settings.max_batch_size, compile=settings.compile, engine=settings.engine)
-        await asyncio.to_thread(sim.warmup)  # every batch bucket once (compiles them with compile=True)
-        state.simulator = sim
-        state.metrics = Metrics(settings.model_name, sim.model_version)
-        batcher = DynamicBatcher(sim, settings.max_batch_size, settings.max_queue_delay_ms,
-                                 settings.max_queue_particles, settings.dynamic_batching,
-                                 observe=state.metrics.observe_batch, observe_dropped=state.metrics.observe_dropped,
-                                 max_queue_seconds=settings.max_queue_seconds)
-        await asyncio.to_thread(batcher.calibrate)  # the queue's bound in particles, from this machine's speed
-        batcher.start()
-        state.metrics.pending.set_function(lambda: batcher.pending)
-        state.metrics.queue_capacity.set(batcher.capacity)
+        sims = dict(simulators or ({simulator.detector.name: simulator} if simulator else {}))
+        if not sims:
+            sims = await asyncio.to_thread(load_models, settings)
+        for name, sim in sims.items():
+            await asyncio.to_thread(sim.warmup)  # every batch bucket once (compiles them with compile=True)
+            state.served[name] = Served(name, state.model_name(name), sim)
+        state.metrics = Metrics(settings.model_name, state.version)
+        for served in state.served.values():
+            batcher = DynamicBatcher(served.simulator, settings.max_batch_size, settings.max_queue_delay_ms,
+                                     settings.max_queue_particles, settings.dynamic_batching,
+                                     observe=state.metrics.observe_batch, observe_dropped=state.metrics.observe_dropped,
+                                     max_queue_seconds=settings.max_queue_seconds)
+            await asyncio.to_thread(batcher.calibrate)  # the queue's bound in particles, from this machine's speed
+            batcher.start()
+            served.batcher = batcher
+        batchers = [s.batcher for s in state.served.values()]
+        state.metrics.pending.set_function(lambda: sum(b.pending for b in batchers))
+        state.metrics.queue_capacity.set(state.batcher.capacity)
         state.metrics.buffered.set_function(lambda: state.buffered_bytes)
-        state.batcher, state.ready = batcher, True
+        state.ready = True
         try:
             yield
         finally:
             state.ready = False
-            await batcher.stop(settings.shutdown_timeout_s)  # finishes what is queued, within the drain's deadline
+            for batcher in batchers:  # each finishes what is queued, within the drain's deadline
+                await batcher.stop(settings.shutdown_timeout_s)
 
     app = FastAPI(title="zdc-sim", version=__version__, lifespan=lifespan,
-                  description="Fast simulation of the ALICE ZN calorimeter: particles in, 44 x 44 responses out.")
+                  description="Fast simulation of the ALICE ZDC's neutron (ZN) and proton (ZP) calorimeters: "
+                              "particles in, responses (ZN 44 x 44, ZP 30 x 56) and PMT channels out.")
     app.state.zdc = state
     install_handlers(app)
     native.add_routes(app, state)

@@ -31,6 +31,7 @@ SIMULATE_QUERY = [  # read by simulate_query, for .npy bodies (a JSON body carri
     {"name": "output", "in": "query", "schema": {"enum": list(get_args(Output)), "default": "both"}},
     {"name": "extrapolate", "in": "query", "schema": {"type": "boolean", "default": False}},
     {"name": "timeout_ms", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0}},
+    {"name": "detector", "in": "query", "schema": {"enum": ["zn", "zp"], "default": "zn"}},
 ]
 _BOOL = TypeAdapter(bool)
 
@@ -60,6 +61,8 @@ def simulate_query(query) -> tuple[int | None, str, bool, float | None]:
 async def simulate_response(state: ServiceState, request: Request) -> Response:
     """POST /v1/simulate (the route's docstring says what it takes and answers)."""
     seed, output, extrapolate, timeout_ms = simulate_query(request.query_params)
+    state.require_ready()
+    served = state.detector(request.query_params.get("detector"))
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
     if content_type not in (NPY, "application/json", ""):
         raise ServiceError(415, f"Content-Type '{content_type}'; expected application/json or {NPY}")
@@ -76,12 +79,13 @@ async def simulate_response(state: ServiceState, request: Request) -> Response:
         timeout_ms = req.timeout_ms if req.timeout_ms is not None else timeout_ms
         source = "particles" if req.particles is not None else "columns"
     sim = await state.simulate(raw, seed, extrapolate, source, disconnected=request.receive,
-                               timeout_s=None if timeout_ms is None else timeout_ms / 1000)
+                               timeout_s=None if timeout_ms is None else timeout_ms / 1000, detector=served.detector)
     headers = {"X-Seed": str(seed)} if seed is not None else {}
     accept = request.headers.get("accept", "application/json").split(",")[0].split(";")[0].strip()
     if accept in (NPY, OCTET):
         return binary_response(sim, output, accept, headers)
-    answer = {"model": state.settings.model_name, "model_version": state.version, "seed": seed, "particles": len(raw)}
+    answer = {"model": served.name, "model_version": served.simulator.model_version, "detector": served.detector,
+              "seed": seed, "particles": len(raw)}
     if output in ("responses", "both"):
         answer["responses"] = sim.counts.tolist()
     if output in ("channels", "both"):
@@ -114,7 +118,8 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
     async def ready():
         if state.ready_status != 200:
             return JSONResponse({"status": "loading"}, state.ready_status, headers={"Retry-After": "1"})
-        return {"status": "ready", "model": settings.model_name, "model_version": state.version}
+        return {"status": "ready", "model": settings.model_name, "model_version": state.version,
+                "models": {s.name: s.simulator.model_version for s in state.served.values()}}
 
     @api.get("/metrics", summary="Prometheus metrics")
     async def metrics():
@@ -122,18 +127,21 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
             return Response("", media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @api.get("/v1/models", summary="the served model")
-    async def models():
-        sim = state.simulator
-        meta = sim.metadata if sim else {}
-        return {"model": settings.model_name, "model_version": state.version, "checksum": meta.get("checksum"),
-                "device": str(sim.device) if sim else None,
-                "features": list(features.NAMES), "units": list(features.UNITS),
+    def describe(served) -> dict:
+        sim, meta = served.simulator, served.simulator.metadata
+        return {"model": served.name, "detector": served.detector, "model_version": sim.model_version,
+                "checksum": meta.get("checksum"), "device": str(sim.device), "response_shape": list(sim.detector.shape),
                 "feature_ranges": meta.get("feature_ranges"),
-                "max_particles_per_request": settings.max_particles_per_request,
                 "training": without_paths(meta.get("training")), "validation": meta.get("validation")}
 
-    @api.post("/v1/simulate", summary="simulate ZN responses for a batch of particles",
+    @api.get("/v1/models", summary="the served models (the ZN's fields at the top level, every model under 'models')")
+    async def models():
+        top = describe(state.default) if state.default else {"model": settings.model_name, "model_version": state.version}
+        return {**top, "features": list(features.NAMES), "units": list(features.UNITS),
+                "max_particles_per_request": settings.max_particles_per_request,
+                "models": {d: describe(s) for d, s in state.served.items()}}
+
+    @api.post("/v1/simulate", summary="simulate ZN (default) or ZP (?detector=zp) responses for a batch of particles",
               openapi_extra={"parameters": SIMULATE_QUERY, "requestBody": {"required": True, "content": {
                   "application/json": {"schema": SimulateRequest.model_json_schema()},
                   NPY: {"schema": {"type": "string", "format": "binary"}}}}})
@@ -143,7 +151,9 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
         Answers JSON, or with Accept application/octet-stream (raw little-endian float32) or
         application/x-npy the tensors in binary, their names, dtype and shapes in the X-Tensors
         header. Particles outside the model's trained feature ranges are refused (422) unless
-        extrapolate is true."""
+        extrapolate is true. `detector` (query): zn (default) or zp. Particles flying to the C side
+        (pz < 0) are simulated by the C-side calorimeter; particles that do not reach the detector
+        get an empty response."""
         return await simulate_response(state, request)
 
     simulate.fast_lane = True  # answered ahead of FastAPI's routing (service/fastlane.py)
@@ -155,14 +165,17 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
                   OCTET: {"schema": {"type": "string", "format": "binary"}}}}},
               response_class=Response, responses={200: {"content": {OCTET: {}}}})
     async def export_route(request: Request, seed: int | None = None, channels_only: bool = False,
-                           tree: str = rootio.TREE):
+                           tree: str = rootio.TREE, detectors: str | None = None):
         """The body is the ROOT file (at most max_export_bytes, max_export_particles entries); the
         answer is the `zdc-sim export` output for it, streamed from a temporary file: the particle
-        branches, `response` (unless channels_only), channel_1..5, the out_of_domain flags and the
-        provenance. Simulated through the same batcher as /v1/simulate; one export at a time
-        (another gets 503 with Retry-After)."""
+        branches and, per detector (`detectors`, comma-separated; default every served one),
+        `response_<det>` (unless channels_only), `channels_<det>`, the out_of_domain and reached
+        flags, and the provenance. Simulated through the same batchers as /v1/simulate; one export
+        at a time (another gets 503 with Retry-After)."""
         seed = check_seed(seed, "query 'seed'")
         state.require_ready()  # before reading an upload of up to max_export_bytes
+        chosen = [state.detector(d.strip(), "query 'detectors'").detector for d in detectors.split(",")] \
+            if detectors else list(state.served)
         if export_lock.locked():
             raise ServiceError(503, "an export is running; one runs at a time, retry later", {"Retry-After": "5"})
         async with export_lock:
@@ -172,9 +185,10 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
                 await save_body(request, source, settings.max_export_bytes, settings.body_timeout_s)
                 loop = asyncio.get_running_loop()
 
-                def simulate(raw, draws):  # runs in the export thread; the batcher owns the model
-                    return asyncio.run_coroutine_threadsafe(state.batcher.simulate(raw, draws), loop).result()
+                def through(batcher):  # runs in the export thread; the batcher owns the model
+                    return lambda raw, draws: asyncio.run_coroutine_threadsafe(batcher.simulate(raw, draws), loop).result()
 
+                simulate = {d: through(state.served[d].batcher) for d in chosen}
                 await asyncio.to_thread(export_upload, source, target, seed, tree, channels_only, simulate)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -191,7 +205,7 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
             if entries > settings.max_export_particles:
                 raise ServiceError(413, f"uploaded file has {entries} particles; expected at most "
                                         f"{settings.max_export_particles} per export (max_export_particles)")
-            export_file(source, target, state.simulator, seed=seed, schema=schema, tree=tree,
+            export_file(source, target, {d: state.served[d].simulator for d in simulate}, seed=seed, schema=schema, tree=tree,
                         channels_only=channels_only, progress=False, simulate=simulate,
                         chunk_size=settings.max_batch_size)
         except ZdcError as exc:

@@ -18,21 +18,18 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from zdc_sim import __version__, features
-from zdc_sim.geometry import N_CHANNELS, SHAPE
+from zdc_sim.geometry import N_CHANNELS
 
 from .encoding import check_json_values, read_body
 from .errors import ServiceError, validation_message
 from .schemas import InferOutput, InferRequest, check_seed, inline_schema
-from .state import ServiceState
+from .state import Served, ServiceState
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DTYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8"), "UINT64": np.dtype("<u8"),
           "INT32": np.dtype("<i4")}
 INPUTS = [{"name": "FEATURES", "datatype": "FP32", "shape": [-1, features.N_FEATURES]},
           {"name": "SEED", "datatype": "INT64", "shape": [1]}]
-OUTPUTS = [{"name": "RESPONSES", "datatype": "FP32", "shape": [-1, *SHAPE]},
-           {"name": "CHANNELS", "datatype": "FP32", "shape": [-1, N_CHANNELS]}]
-
 
 def parse_infer(body: bytes, header_length: str | None, max_values: int) -> tuple[InferRequest, dict[str, np.ndarray]]:
     """The JSON header and the input tensors (from "data" or from the binary section); 413 for a
@@ -82,18 +79,27 @@ def parse_infer(body: bytes, header_length: str | None, max_values: int) -> tupl
     return request, tensors
 
 
-def check_served(state: ServiceState, model: str, version: str | None) -> None:
-    """404 unless `model` (and `version`, when given) is what this server serves."""
-    if model != state.settings.model_name:
-        raise ServiceError(404, f"model '{model}' is not served; expected '{state.settings.model_name}'")
-    if version is not None and version != state.version:
-        raise ServiceError(404, f"model '{model}' version '{version}' is not served; expected '{state.version}'")
+def check_served(state: ServiceState, model: str, version: str | None) -> Served:
+    """The served model named `model` (zdc-zn, zdc-zp), or 404 unless it (and `version`, when
+    given) is served here."""
+    served = state.by_model_name(model)
+    if version is not None and version != served.simulator.model_version:
+        raise ServiceError(404, f"model '{model}' version '{version}' is not served; expected "
+                                f"'{served.simulator.model_version}'")
+    return served
+
+
+def output_tensors(served: Served) -> list[dict]:
+    """The output tensors of a served model: its detector's image shape, and the 5 channels."""
+    return [{"name": "RESPONSES", "datatype": "FP32", "shape": [-1, *served.simulator.detector.shape]},
+            {"name": "CHANNELS", "datatype": "FP32", "shape": [-1, N_CHANNELS]}]
 
 
 async def infer_response(state: ServiceState, request: Request, model: str, version: str | None = None) -> Response:
     """POST /v2/models/{model}[/versions/{version}]/infer: JSON or binary tensors in and out."""
     settings = state.settings
-    check_served(state, model, version)
+    state.require_ready()
+    served = check_served(state, model, version)
     body = await read_body(request, settings.max_request_bytes, state, decode=True)
     infer_request, tensors = parse_infer(body, request.headers.get(HEADER_LENGTH.lower()),
                                          settings.max_particles_per_request * features.N_FEATURES)
@@ -121,7 +127,7 @@ async def infer_response(state: ServiceState, request: Request, model: str, vers
         raise ServiceError(422, f"parameter 'timeout': {timeout_us!r}; expected microseconds, an integer > 0")
     raw = features.validate(feats, source="input 'FEATURES'")
     sim = await state.simulate(raw, seed, extrapolate, "input 'FEATURES'", row_start, disconnected=request.receive,
-                               timeout_s=None if timeout_us is None else timeout_us / 1e6)
+                               timeout_s=None if timeout_us is None else timeout_us / 1e6, detector=served.detector)
 
     produced = {"RESPONSES": sim.counts, "CHANNELS": sim.channels}
     wanted = infer_request.outputs or [InferOutput(name=n) for n in produced]
@@ -139,7 +145,7 @@ async def infer_response(state: ServiceState, request: Request, model: str, vers
         else:
             entry["data"] = array.ravel().tolist()
         outputs.append(entry)
-    answer = {"model_name": settings.model_name, "model_version": state.version, "outputs": outputs}
+    answer = {"model_name": served.name, "model_version": served.simulator.model_version, "outputs": outputs}
     if infer_request.id is not None:
         answer["id"] = infer_request.id
     if not chunks:
@@ -160,7 +166,7 @@ def add_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.get("/v2", summary="server metadata", tags=tags)
     async def server():
-        return {"name": "zdc-sim", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "zdc-sim", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
 
     @app.get("/v2/health/live", tags=tags)
     async def live():
@@ -170,20 +176,29 @@ def add_routes(app: FastAPI, state: ServiceState) -> None:
     async def ready():
         return Response(status_code=state.ready_status)
 
+    @app.post("/v2/repository/index", summary="the served models (Triton's repository extension)", tags=tags)
+    async def repository_index():
+        return [{"name": served.name, "version": served.simulator.model_version,
+                 "state": "READY" if state.ready else "LOADING"} for served in state.served.values()]
+
     def metadata(model: str, version: str | None = None):
-        check_served(state, model, version)
-        return {"name": settings.model_name, "versions": [state.version], "platform": "pytorch",
-                "inputs": INPUTS, "outputs": OUTPUTS}
+        state.require_ready()
+        served = check_served(state, model, version)
+        return {"name": served.name, "versions": [served.simulator.model_version], "platform": "pytorch",
+                "inputs": INPUTS, "outputs": output_tensors(served),
+                "parameters": {"detector": served.detector}}
 
     def model_ready(model: str, version: str | None = None):
-        check_served(state, model, version)
+        if state.ready:
+            check_served(state, model, version)
         return Response(status_code=state.ready_status)
 
     def config(model: str, version: str | None = None):
-        check_served(state, model, version)
-        return {"name": settings.model_name, "platform": "pytorch", "max_batch_size": 0,
+        state.require_ready()
+        served = check_served(state, model, version)
+        return {"name": served.name, "platform": "pytorch", "max_batch_size": 0,
                 "input": [{"name": i["name"], "data_type": "TYPE_" + i["datatype"], "dims": i["shape"]} for i in INPUTS],
-                "output": [{"name": o["name"], "data_type": "TYPE_FP32", "dims": o["shape"]} for o in OUTPUTS],
+                "output": [{"name": o["name"], "data_type": "TYPE_FP32", "dims": o["shape"]} for o in output_tensors(served)],
                 "dynamic_batching": {"max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
                                      "preferred_batch_size": [settings.max_batch_size]}}
 

@@ -15,9 +15,9 @@ import time
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from zdc_sim.simulator import Simulator
 
-from .app import create_app
+
+from .app import create_app, load_models
 from .settings import Settings
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
@@ -112,7 +112,7 @@ class _Server(uvicorn.Server):
 
 
 def serve(settings: Settings, log_level: str = "info") -> None:
-    """Load the model (a missing or broken checkpoint is a CheckpointError here, before anything
+    """Load the models (a missing or broken checkpoint is a CheckpointError here, before anything
     listens), then serve it until SIGTERM or SIGINT."""
     import torch
 
@@ -124,9 +124,8 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         trim_malloc_every(settings.malloc_trim_s)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    simulator = Simulator.load(settings.checkpoint, device=settings.device, bf16=settings.bf16,
-                               batch_size=settings.max_batch_size, compile=settings.compile, engine=settings.engine)
-    config = uvicorn.Config(create_app(settings, simulator), host=settings.host, port=settings.port,
+    simulators = load_models(settings)
+    config = uvicorn.Config(create_app(settings, simulators=simulators), host=settings.host, port=settings.port,
                             log_level=log_level, http=header_timeout_protocol(settings.header_timeout_s),
                             limit_concurrency=settings.max_connections,
                             timeout_keep_alive=settings.keep_alive_s,

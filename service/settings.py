@@ -27,14 +27,15 @@ def is_loopback(host: str) -> bool:
 
 
 class Settings(BaseModel, frozen=True):
-    checkpoint: str | None = None  # None: the model shipped with zdc-sim
+    checkpoint: str | None = None  # the ZN model; None: the one shipped with zdc-sim
+    zp_checkpoint: str | None = None  # the ZP model; None: the shipped one when the package has it; "none": ZN only
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     # torch: faster than ONNX Runtime at the batches a loaded server runs; onnxruntime for single
     # particles (docs/benchmarks.md)
     engine: Literal["torch", "onnxruntime", "auto"] = "torch"
     bf16: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the generator for fixed batch buckets, compiled at warm-up
-    model_name: str = "zdc-zn"
+    model_name: str = "zdc-zn"  # the ZN model's name (OIP, headers, metrics); the ZP model is "zdc-zp"
     max_batch_size: int = Field(1024, ge=1, le=65536)  # particles per forward pass
     max_queue_delay_ms: float = Field(2.0, ge=0, le=1000)  # how long a batch waits to fill up (with company)
     dynamic_batching: bool = True  # off: every request piece runs alone

@@ -1,10 +1,11 @@
-"""What the routes share: settings and, once loaded, the simulator, batcher and metrics; the one
-answer to "is the model ready", the bytes of request bodies held, and the one path from
-validated particles to a simulation."""
+"""What the routes share: settings and, once loaded, one simulator and batcher per served
+detector (ZN, and ZP when a ZP model is served) and the metrics; the one answer to "are the models
+ready", the bytes of request bodies held, and the one path from validated particles to a simulation."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,13 +17,23 @@ from .metrics import Metrics
 from .settings import Settings
 
 NOT_READY = "the model is not loaded yet; retry once /health/ready answers 200"
+DEFAULT_DETECTOR = "zn"
+
+
+@dataclass
+class Served:
+    """One served model: its detector, its OIP name, its simulator and batcher."""
+
+    detector: str
+    name: str
+    simulator: Simulator
+    batcher: DynamicBatcher | None = None
 
 
 class ServiceState:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.simulator: Simulator | None = None
-        self.batcher: DynamicBatcher | None = None
+        self.served: dict[str, Served] = {}  # by detector, the ZN first
         self.metrics: Metrics | None = None
         self.ready = False
         self.buffered_bytes = 0  # request bodies held in memory now, all requests together
@@ -42,9 +53,39 @@ class ServiceState:
     def release_body_bytes(self, scope: dict) -> None:
         self.buffered_bytes -= scope.pop("zdc.held_bytes", 0)
 
+    def model_name(self, detector: str) -> str:
+        return self.settings.model_name if detector == DEFAULT_DETECTOR else f"zdc-{detector}"
+
+    @property
+    def default(self) -> Served | None:
+        return self.served.get(DEFAULT_DETECTOR) or next(iter(self.served.values()), None)
+
+    @property
+    def simulator(self) -> Simulator | None:
+        """The default (ZN) model's simulator."""
+        return self.default.simulator if self.default else None
+
+    @property
+    def batcher(self) -> DynamicBatcher | None:
+        return self.default.batcher if self.default else None
+
     @property
     def version(self) -> str:
         return self.simulator.model_version if self.simulator else "unloaded"
+
+    def detector(self, name: str | None, source: str = "query 'detector'") -> Served:
+        """The served model of detector `name` (default the ZN), or 422 naming the served ones."""
+        name = (name or DEFAULT_DETECTOR).lower()
+        if name not in self.served:
+            raise ServiceError(422, f"{source}: {name!r} is not served; expected one of {sorted(self.served)}")
+        return self.served[name]
+
+    def by_model_name(self, model: str) -> Served:
+        """The served model of OIP name `model`, or 404 naming the served ones."""
+        for served in self.served.values():
+            if served.name == model:
+                return served
+        raise ServiceError(404, f"model '{model}' is not served; expected one of {[s.name for s in self.served.values()]}")
 
     @property
     def ready_status(self) -> int:
@@ -57,23 +98,25 @@ class ServiceState:
 
     async def simulate(self, raw: np.ndarray, seed: int | None, extrapolate: bool = False,
                        source: str = "particles", row_start: int = 0, *, disconnected=None,
-                       timeout_s: float | None = None) -> Simulation:
+                       timeout_s: float | None = None, detector: str | None = None) -> Simulation:
         """Validated features through the batcher: 413 / 422 for too many or no particles, 422
         (DomainError) for particles outside the trained feature ranges unless `extrapolate`; a
         full queue raises QueueFull (503). `row_start`: the request holds rows row_start.. of a
         larger seeded input (a client that split it), so it gets those rows' random inputs.
         `disconnected`: an async function that returns when the client has gone (the ASGI receive
         once the body is read), whose request is then dropped from the queue (ClientGone);
-        `timeout_s`: the client's own deadline (DeadlineExceeded, 504)."""
+        `timeout_s`: the client's own deadline (DeadlineExceeded, 504). `detector`: which served
+        model (default the ZN)."""
         self.require_ready()
+        served = self.detector(detector)
         n, limit = len(raw), self.settings.max_particles_per_request
         if n > limit:
             raise ServiceError(413, f"request has {n} particles; expected at most {limit} per request")
         if n == 0:
             raise ServiceError(422, "request has 0 particles; expected at least 1")
         if not extrapolate:
-            self.simulator.check_domain(raw, source=source)
-        work = self.batcher.simulate(raw, seed=seed, row_start=row_start, timeout_s=timeout_s)
+            served.simulator.check_domain(raw, source=source)
+        work = served.batcher.simulate(raw, seed=seed, row_start=row_start, timeout_s=timeout_s)
         if disconnected is None:
             return await work
         simulation, gone = asyncio.ensure_future(work), asyncio.ensure_future(_gone(disconnected))

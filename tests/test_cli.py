@@ -18,17 +18,22 @@ def test_generate_is_deterministic_and_inspect_reports(tmp_path, capsys):
     assert rootio.read_provenance(a)["seed"] == 11
 
     assert cli.main(["data", "inspect", str(a), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summaries = json.loads(capsys.readouterr().out)
+    assert set(summaries) == {"zn", "zp"}
+    summary = summaries["zn"]
     assert summary["entries"] == 900 and summary["particles"] == 300 and summary["repeats"] == 3
     assert sum(summary["particles_by_type"].values()) == 300
     spread = summary["median_relative_spread"]
     assert spread["hadronic"]["median"] > 3 * spread["electromagnetic"]["median"]
     assert summary["median_total_miss"] < 0.01 * summary["median_total_hit"]
     assert set(summary["channels"]) == {f"channel_{k}" for k in range(1, 6)}
+    assert summary["features"]["pz"]["std"] > 1000 and abs(summary["features"]["pz"]["mean"]) < 300  # both sides
+    zp = summaries["zp"]
+    assert set(zp["median_relative_spread"]) >= {"proton", "hadronic"} and zp["hit_fraction"] < summary["hit_fraction"]
 
     assert cli.main(["data", "inspect", str(a)]) == 0
     text = capsys.readouterr().out
-    assert "hadronic / electromagnetic spread ratio" in text and "channel_5" in text
+    assert "hadronic / electromagnetic spread ratio" in text and "channel_5" in text and "(ZP responses)" in text
 
 
 def test_convert_renames_branches(tmp_path, tiny_file, capsys):

@@ -24,6 +24,16 @@ def test_remote_simulator_equals_the_local_one_for_a_seed(server, tiny_checkpoin
     assert RemoteSimulator(server.url).simulate(x[:3]).counts.shape == (3, 44, 44)  # seed drawn here
 
 
+def test_remote_simulator_of_the_zp(server, tiny_zp_checkpoint):
+    local = Simulator.load(tiny_zp_checkpoint, engine="onnxruntime")
+    x, _ = reference.sample_particles(60, np.random.default_rng(8))
+    remote = RemoteSimulator(server.url, model="zdc-zp")
+    assert remote.shape == (30, 56) and remote.model_version == local.model_version
+    got, want = remote.simulate(x, seed=4, extrapolate=True), local.simulate(x, seed=4, extrapolate=True)
+    assert want.reached.any()
+    np.testing.assert_array_equal(got.counts, want.counts)
+
+
 def test_remote_errors_are_the_projects_errors(server):
     remote = RemoteSimulator(server.url)
     far = np.array([[1e30, 0, 0, 0, 0, 0, 1e30, 939.6, 0]], np.float32)

@@ -24,27 +24,47 @@ def sim(tiny_checkpoint):
     return Simulator.load(tiny_checkpoint, device="cpu")
 
 
+@pytest.fixture(scope="module")
+def both(sim, tiny_zp_checkpoint):
+    return {"zn": sim, "zp": Simulator.load(tiny_zp_checkpoint, device="cpu")}
+
+
 def _arrays(path, tree="zdc"):
     with uproot.open(path) as f:
         return f[tree].arrays(library="np")
 
 
-def test_round_trip_branch_by_branch(tmp_path, sim):
-    feats = write_particles(tmp_path / "in.root")
-    result = export.export_file(tmp_path / "in.root", tmp_path / "out.root", sim, seed=3, chunk_size=16, progress=False)
-    assert result.entries == 50
+def test_round_trip_branch_by_branch_both_detectors(tmp_path, both):
+    feats = write_particles(tmp_path / "in.root", n=200)
+    result = export.export_file(tmp_path / "in.root", tmp_path / "out.root", both, seed=3, chunk_size=16, progress=False)
+    assert result.entries == 200
     out = _arrays(tmp_path / "out.root")
-    assert sorted(out) == sorted(list(features.NAMES) + ["response", "out_of_domain"] + [f"channel_{i}" for i in range(1, 6)])
+    per_detector = [f"{kind}_{d}" for d in ("zn", "zp") for kind in ("response", "channels", "out_of_domain", "reached")]
+    assert sorted(out) == sorted(list(features.NAMES) + per_detector)
     for i, name in enumerate(features.NAMES):
         np.testing.assert_array_equal(out[name], feats[:, i])
-    assert out["response"].shape == (50, 44, 44) and out["response"].dtype == np.float32
-    np.testing.assert_allclose(out["response"], sim.simulate(feats, seed=3).counts, rtol=1e-5)
-    channels = np.stack([out[f"channel_{i}"] for i in range(1, 6)], 1)
-    np.testing.assert_allclose(channels, geometry.channel_sums(out["response"]), rtol=1e-5)
+    for det, shape in (("zn", (44, 44)), ("zp", (30, 56))):
+        response = out[f"response_{det}"]
+        assert response.shape == (200, *shape) and response.dtype == np.float32
+        seed = export.detector_seed(3, det)
+        np.testing.assert_allclose(response, both[det].simulate(feats, seed=seed, extrapolate=True).counts, rtol=1e-5)
+        np.testing.assert_allclose(out[f"channels_{det}"], geometry.channel_sums(response), rtol=1e-5)
+        np.testing.assert_array_equal(out[f"reached_{det}"], geometry.reaches(feats, det))
+        assert not response[~out[f"reached_{det}"]].any()
+    assert out["reached_zn"].any() and out["reached_zp"].any() and not (out["reached_zn"] & out["reached_zp"]).all()
     prov = rootio.read_provenance(tmp_path / "out.root")
-    assert prov["seed"] == 3 and prov["model_version"] == sim.model_version and prov["entries"] == 50
-    assert prov["model_checksum"].startswith("sha256:") and prov["input_checksum"].startswith("sha256:")
+    assert prov["seed"] == 3 and prov["entries"] == 200 and prov["detectors"] == ["zn", "zp"]
+    assert prov["model_versions"] == {d: s.model_version for d, s in both.items()}
+    assert prov["model_checksums"]["zp"].startswith("sha256:") and prov["input_checksum"].startswith("sha256:")
     assert not list(tmp_path.glob(".*"))  # no partial file or manifest left
+
+
+def test_one_detector_export_is_the_simulators_output(tmp_path, sim):
+    feats = write_particles(tmp_path / "in.root")
+    export.export_file(tmp_path / "in.root", tmp_path / "out.root", sim, seed=3, chunk_size=16, progress=False)
+    out = _arrays(tmp_path / "out.root")
+    assert "response_zp" not in out
+    np.testing.assert_allclose(out["response_zn"], sim.simulate(feats, seed=3, extrapolate=True).counts, rtol=1e-5)
 
 
 def test_output_does_not_depend_on_chunk_size_and_channels_only(tmp_path, sim):
@@ -52,11 +72,11 @@ def test_output_does_not_depend_on_chunk_size_and_channels_only(tmp_path, sim):
     for chunk in (7, 1000):
         export.export_file(tmp_path / "in.root", tmp_path / f"c{chunk}.root", sim, seed=9, chunk_size=chunk, progress=False)
     a, b = _arrays(tmp_path / "c7.root"), _arrays(tmp_path / "c1000.root")
-    np.testing.assert_allclose(a["response"], b["response"], rtol=1e-5)
+    np.testing.assert_allclose(a["response_zn"], b["response_zn"], rtol=1e-5)
     export.export_file(tmp_path / "in.root", tmp_path / "ch.root", sim, seed=9, channels_only=True, progress=False)
     c = _arrays(tmp_path / "ch.root")
-    assert "response" not in c
-    np.testing.assert_allclose(c["channel_5"], a["channel_5"], rtol=1e-5)
+    assert "response_zn" not in c
+    np.testing.assert_allclose(c["channels_zn"], a["channels_zn"], rtol=1e-5)
 
 
 def test_resume_after_an_interrupt_gives_the_same_file(tmp_path, sim):
@@ -72,7 +92,8 @@ def test_resume_after_an_interrupt_gives_the_same_file(tmp_path, sim):
 
     out = tmp_path / "resumed.root"
     with pytest.raises(KeyboardInterrupt):
-        export.export_file(tmp_path / "in.root", out, sim, seed=4, chunk_size=10, progress=False, simulate=interrupted)
+        export.export_file(tmp_path / "in.root", out, sim, seed=4, chunk_size=10, progress=False,
+                           simulate={"zn": interrupted})
     assert not out.exists() and export.partial_path(out).exists()
     with pytest.raises(ZdcError, match=r"other \['seed'\]"):
         export.export_file(tmp_path / "in.root", out, sim, seed=5, chunk_size=10, progress=False, resume=True)
@@ -92,7 +113,7 @@ def test_compression_is_chosen_and_does_not_change_values(tmp_path, sim):
         assert plain.file.fCompress % 100 == 0 and packed.file.fCompress == 501  # ROOT's code: 100 * algorithm + level
         energy = plain["zdc"]["energy"]
         assert energy.compressed_bytes == energy.uncompressed_bytes  # the default stores baskets as they are
-        for name in ("energy", "response", "channel_3"):
+        for name in ("energy", "response_zn", "channels_zn"):
             np.testing.assert_array_equal(plain["zdc"][name].array(library="np"), packed["zdc"][name].array(library="np"))
     with pytest.raises(ZdcError, match="compression 'gzip:1' is not understood; expected 'none' or .*zstd"):
         export.export_file(tmp_path / "in.root", tmp_path / "bad.root", sim, compression="gzip:1", progress=False)
@@ -127,7 +148,7 @@ def test_several_inputs_on_an_in_process_dask_cluster_one_bad(tmp_path, tiny_che
     write_particles(tmp_path / "a.root", n=30)
     (tmp_path / "c.root").write_bytes(b"not root at all" * 10)
     rows = export.export_many([str(tmp_path / "a.root"), str(tmp_path / "c.root")], tmp_path / "new" / "out",
-                              checkpoint_path=str(tiny_checkpoint), workers=1, processes=False, seed=2)
+                              checkpoints=[str(tiny_checkpoint)], workers=1, processes=False, seed=2)
     assert [r["ok"] for r in rows] == [True, False] and "not a readable ROOT file" in rows[1]["error"]
     assert sorted(p.name for p in (tmp_path / "new" / "out").iterdir()) == ["a.zdcsim.root"]
     assert "1 of 2 inputs exported; 1 failed" in export.format_summary(rows)
@@ -142,17 +163,19 @@ def test_cli_several_inputs_on_dask_one_bad(tmp_path, tiny_checkpoint):
     out.mkdir()
     run = subprocess.run([sys.executable, "-m", "zdc_sim", "export", str(tmp_path / "a.root"), str(tmp_path / "c.root"),
                           "--out", str(out), "--seed", "2", "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                          "--detectors", "zn",
                           "--workers", "2", "--quiet"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr
     assert "1 of 2 inputs exported; 1 failed" in run.stdout and "not a readable ROOT file" in run.stdout
     assert sorted(p.name for p in out.iterdir()) == ["a.zdcsim.root"]
-    assert _arrays(out / "a.zdcsim.root")["channel_1"].shape == (30,)
+    assert _arrays(out / "a.zdcsim.root")["channels_zn"].shape == (30, 5)
     # one input with another tree name
     run = subprocess.run([sys.executable, "-m", "zdc_sim", "export", str(tmp_path / "events.root"), "--tree", "events",
                           "--out", str(tmp_path / "e.root"), "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                          "--detectors", "zn",
                           "--compression", "lz4:4", "--quiet"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert _arrays(tmp_path / "e.root", "events")["response"].shape == (20, 44, 44)
+    assert _arrays(tmp_path / "e.root", "events")["response_zn"].shape == (20, 44, 44)
     with uproot.open(tmp_path / "e.root") as f:
         assert f.file.fCompress == 404
     run = subprocess.run([sys.executable, "-m", "zdc_sim", "export", str(tmp_path / "a.root"), str(tmp_path / "events.root"),
@@ -161,14 +184,15 @@ def test_cli_several_inputs_on_dask_one_bad(tmp_path, tiny_checkpoint):
 
 
 def test_particles_outside_the_trained_ranges_are_flagged_not_fatal(tmp_path, sim):
-    feats, _ = reference.sample_particles(30, np.random.default_rng(9))
-    feats[[4, 17], features.INDEX["energy"]] = 1e30  # two impossible particles among 30
+    feats, _ = reference.sample_particles(300, np.random.default_rng(9))
+    feats = feats[geometry.reaches(feats, "zn")][:30]  # particles that reach the ZN: their ranges count
+    feats[[4, 17], features.INDEX["mass"]] = 1e6  # two impossible particles among 30
     types = {name: np.dtype(np.float32) for name in features.NAMES}
     with rootio.RootWriter(tmp_path / "in.root", types) as w:
         w.write({name: feats[:, i] for i, name in enumerate(features.NAMES)})
     result = export.export_file(tmp_path / "in.root", tmp_path / "out.root", sim, seed=1, chunk_size=8, progress=False)
     assert result.entries == 30 and result.out_of_domain == 2
     out = _arrays(tmp_path / "out.root")
-    assert np.flatnonzero(out["out_of_domain"]).tolist() == [4, 17]
+    assert np.flatnonzero(out["out_of_domain_zn"]).tolist() == [4, 17]
     assert rootio.read_provenance(tmp_path / "out.root")["out_of_domain"] == 2
     assert "2 outside the trained feature ranges" in export.format_summary([{**result.__dict__, "ok": True, "error": None}])

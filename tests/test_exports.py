@@ -40,6 +40,22 @@ def test_exported_graph_matches_the_simulator_at_any_batch_size(sim, tmp_path):
         assert (responses != want.counts).mean() < 1e-3
 
 
+def test_the_zp_graph_mirrors_the_c_side_and_empties_what_does_not_reach(tiny_zp_checkpoint, tmp_path):
+    zp = Simulator.load(tiny_zp_checkpoint, device="cpu")
+    path = onnx_export.write_onnx(zp, tmp_path)
+    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert props["detector"] == "zp"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shapes = {o.name: o.shape for o in session.get_outputs()}
+    assert shapes["RESPONSES"] == ["N", 30, 56] and session.get_inputs()[2].shape == ["N", 1680]
+    x, _ = reference.sample_particles(400, np.random.default_rng(3))  # both sides, every species
+    responses, channels = session.run(["RESPONSES", "CHANNELS"], {"FEATURES": x, **zp.random_inputs(400, seed=5)})
+    want = zp.simulate(x, seed=5, extrapolate=True)
+    assert want.reached.sum() > 20 and (x[want.reached, 6] < 0).any()
+    _close(channels, want.channels)
+    assert not responses[~want.reached].any()
+
+
 def test_random_inputs_are_the_rows_simulate_draws(sim):
     full = np.random.default_rng([5, 0]).standard_normal((64, sim.random_dim), np.float32)
     np.testing.assert_array_equal(sim.draws(3, 5, start=10), full[10:13])  # a part of a block, drawn alone
@@ -94,5 +110,7 @@ def test_triton_repository_from_the_command_line(tiny_checkpoint, tmp_path, caps
     assert sorted(t.name for t in tensors) == sorted(shapes)
     for t in tensors:
         assert t.data_type == _triton_model_config().TYPE_FP32 and shapes[t.name] == ["N", *t.dims], t.name
+    assert cli.main(["model", "export", str(tiny_checkpoint), "--detector", "zp", "--out", str(tmp_path / "x")]) == 2
+    assert "simulates the ZN; expected a ZP model" in capsys.readouterr().err
     assert cli.main(["model", "export", str(tiny_checkpoint), "--out", str(tmp_path / "new" / "folder")]) == 0
     onnx.checker.check_model(onnx.load(tmp_path / "new" / "folder" / "model.onnx"))  # the folder is created

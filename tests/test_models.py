@@ -10,6 +10,7 @@ from zdc_sim.models import (LEGACY, SIZES, Discriminator, Generator, ModelConfig
 
 def _fitted(config=SIZES["tiny"], n=64, seed=0):
     x, _ = reference.sample_particles(n, np.random.default_rng(seed))
+    x = geometry.to_a_side(x)  # the frame models work in (the Simulator mirrors C-side particles)
     std = features.Standardizer.fit(x)
     gen, disc = Generator(config), Discriminator(config)
     gen.conditioner.fit(std, x)
@@ -76,11 +77,11 @@ def test_fitted_envelope_is_the_mean_radial_profile_of_real_showers():
     alone (shape logits 0) must put the same share of the counts beyond each radius, and a wider
     share than the fixed 1 cm Gaussian it replaces."""
     gen, _, x, raw = _fitted(n=400, seed=4)
-    x_cm, y_cm = reference.impact_point_cm(raw)
+    x_cm, y_cm = geometry.impact_point_cm(raw)
     inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
     points = np.stack([x_cm, y_cm], 1)[inside]
     solve_impact_head(gen, x[torch.from_numpy(inside)], torch.from_numpy(points))
-    offset = (np.arange(44) - 21.5) * geometry.PITCH_CM
+    offset = (np.arange(44) - 21.5) * geometry.ZN.pitch_cm
     fitted = gen.impact_point(x[torch.from_numpy(inside)]).detach().numpy()
     r2 = (offset[None, None, :] - fitted[:, :1, None]) ** 2 + (offset[::-1][None, :, None] - fitted[:, 1:, None]) ** 2
     showers = 1e4 * np.exp(-r2 / (2 * 1.2**2))
@@ -145,7 +146,7 @@ def test_photon_counts_pass_gradients_straight_through():
 
 def test_impact_head_puts_the_shower_centre_on_the_impact_point():
     gen, _, x, raw = _fitted(n=4000, seed=2)
-    x_cm, y_cm = reference.impact_point_cm(raw)
+    x_cm, y_cm = geometry.impact_point_cm(raw)
     inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
     target = torch.from_numpy(np.stack([x_cm, y_cm], 1)[inside])
     residual = solve_impact_head(gen, x[torch.from_numpy(inside)], target)
@@ -181,7 +182,7 @@ def test_nearest_upsampling_has_no_checkerboard():
 
 def test_halo_reaches_fibres_beyond_the_canvas():
     gen, _, x, raw = _fitted(ModelConfig(width=4, hidden=32, disc_width=4, halo=True), n=4000, seed=2)
-    x_cm, y_cm = reference.impact_point_cm(raw)
+    x_cm, y_cm = geometry.impact_point_cm(raw)
     inside = (np.abs(x_cm) < 2.0) & (np.abs(y_cm) < 2.0)
     solve_impact_head(gen, x[torch.from_numpy(inside)], torch.from_numpy(np.stack([x_cm, y_cm], 1)[inside]))
     with torch.no_grad():
@@ -196,7 +197,7 @@ def test_halo_reaches_fibres_beyond_the_canvas():
     np.testing.assert_allclose(mean.sum((1, 2))[centre].numpy(), total, rtol=1e-3)
     centres = metrics.shower_centres(mean[centre].numpy())
     np.testing.assert_allclose(centres, gen.impact_point(x[torch.from_numpy(centre)]).detach().numpy(), atol=0.005)
-    offset = (np.arange(44) - 21.5) * geometry.PITCH_CM
+    offset = (np.arange(44) - 21.5) * geometry.ZN.pitch_cm
     r2 = (offset[None, None, :] - centres[:, :1, None]) ** 2 + (offset[::-1][None, :, None] - centres[:, 1:, None]) ** 2
     rms = np.sqrt((mean[centre].numpy() * r2).sum((1, 2)) / mean[centre].numpy().sum((1, 2)))
     np.testing.assert_allclose(rms, 0.8 * np.sqrt(2), rtol=0.02)

@@ -84,8 +84,9 @@ def test_channel_weights_discount_photon_statistics():
     scale = np.concatenate([np.ones(40), rng.normal(1, 0.3, 40).clip(0.1), rng.normal(1, 0.05, 40), np.full(40, 1e-3)])
     for e in range(160):
         mean = np.zeros((44, 44))
-        mean[geometry.MASKS[4]] = 2000.0 * scale[e] / geometry.MASKS[4].sum()
-        mean[geometry.MASKS[0]] = 2000.0 * scale[e] / geometry.MASKS[0].sum()
+        masks = geometry.ZN.masks
+        mean[masks[4]] = 2000.0 * scale[e] / masks[4].sum()
+        mean[masks[0]] = 2000.0 * scale[e] / masks[0].sum()
         images[e] = np.log1p(rng.poisson(mean))
     _, w = diversity_weights(ids, images, "channels")
     assert w[1] == 1.0 and w[3] == 0.0

@@ -14,7 +14,7 @@ def raw_branches(parts, response=None):
     """Standard-schema branches written with plain uproot, so tests can build broken files."""
     out = rootio.flatten_parts(parts)
     if response is not None:
-        out["response"] = response
+        out["response_zn"] = response
     return out
 
 
@@ -33,7 +33,7 @@ def leftovers(folder, keep):
 def test_round_trip_preserves_every_column(tmp_path, tiny_parts):
     path = tmp_path / "d.root"
     assert rootio.write_dataset(path, [tiny_parts], provenance={"seed": 3}) == len(tiny_parts["pdg"])
-    chunks = list(rootio.iterate(path, step_size=50))
+    chunks = list(rootio.iterate(path, step_size=50, parts=rootio.PARTS))
     assert [len(c["pdg"]) for c in chunks] == [50, 50, 50, 10]
     for part, values in tiny_parts.items():
         got = np.concatenate([c[part] for c in chunks])
@@ -47,7 +47,7 @@ def test_written_file_is_a_plain_ttree(tiny_file):
     with uproot.open(tiny_file) as f:
         assert f.classnames() == {"zdc;1": "TTree", "provenance;1": "TObjString"}
         tree = f["zdc"]
-        assert tree["response"].typename == "float[44][44]"
+        assert tree["response_zn"].typename == "float[44][44]" and tree["response_zp"].typename == "float[30][56]"
         assert tree["energy"].typename == "float" and tree["pdg"].typename == "int32_t"
         assert tree["particle_id"].typename == "int64_t"
         assert not any(k.startswith("n") and k != "particle_id" for k in tree.keys())  # no counter branches
@@ -60,13 +60,33 @@ def test_reading_only_some_parts(tiny_file, tiny_parts):
 
 
 def test_branch_map_reads_other_names(tmp_path, tiny_parts):
-    renamed = {("E" if k == "energy" else "img" if k == "response" else k): v for k, v in raw_branches(tiny_parts).items()}
+    renamed = {("E" if k == "energy" else "img" if k == "response_zn" else k): v for k, v in raw_branches(tiny_parts).items()}
     path = write_raw(tmp_path / "other.root", renamed, tree="events")
     schema = rootio.Schema.from_branch_map({"tree": "events", "branches": {"energy": "E", "response": "img"}})
     chunk = next(rootio.iterate(path, schema))
     np.testing.assert_array_equal(chunk[rootio.RESPONSE], tiny_parts[rootio.RESPONSE])
     with pytest.raises(ValueError, match="unknown keys"):
         rootio.Schema.from_branch_map({"branches": {"enrgy": "E"}})
+
+
+def test_a_file_from_before_the_zp_is_read_as_zn_data(tmp_path, tiny_parts):
+    """Files written before the ZP existed hold the ZN's responses in a branch named `response`."""
+    branches = {("response" if k == "response_zn" else k): v for k, v in raw_branches(tiny_parts).items()
+                if k != "response_zp"}
+    path = write_raw(tmp_path / "old.root", branches)
+    chunk = next(rootio.iterate(path))
+    np.testing.assert_array_equal(chunk[rootio.RESPONSE_ZN], tiny_parts[rootio.RESPONSE_ZN])
+    with pytest.raises(RootFileError, match="missing branch.*response_zp"):
+        next(rootio.iterate(path, parts=(rootio.FEATURES, rootio.RESPONSE_ZP)))
+
+
+def test_zp_responses_are_read_with_their_own_shape(tmp_path, tiny_parts):
+    path = write_raw(tmp_path / "zp.root", raw_branches(tiny_parts))
+    chunk = next(rootio.iterate(path, parts=(rootio.RESPONSE_ZP,)))
+    assert chunk[rootio.RESPONSE_ZP].shape == (len(tiny_parts["pdg"]), 30, 56)
+    narrow = {**raw_branches(tiny_parts), "response_zp": np.ascontiguousarray(tiny_parts[rootio.RESPONSE_ZP][:, :, :44])}
+    with pytest.raises(RootFileError, match="wrong response type.*response_zp.*float\\[30\\]\\[56\\].*ZP"):
+        next(rootio.iterate(write_raw(tmp_path / "narrow.root", narrow), parts=(rootio.RESPONSE_ZP,)))
 
 
 def test_jagged_response_of_1936_values_is_accepted(tmp_path, tiny_parts):
@@ -127,13 +147,13 @@ def bad_files():
         "missing_branch": (lambda tmp, tf, parts: write_raw(tmp / "b.root", without_vz(parts)),
                            ["missing branch", "branch 'vz'", "the 'vz' column", "closest"]),
         "wrong_shape": (lambda tmp, tf, parts: write_raw(tmp / "s.root", narrow(parts)),
-                        ["wrong response type", "branch 'response'", "float[44][44]", "found float[44][43]"]),
+                        ["wrong response type", "branch 'response_zn'", "float[44][44]", "found float[44][43]"]),
         "wrong_dtype": (lambda tmp, tf, parts: write_raw(tmp / "d.root", double(parts)),
                         ["wrong response type", "float[44][44]", "found double[44][44]"]),
         "short_jagged": (lambda tmp, tf, parts: write_raw(tmp / "j.root", short_jagged(parts)),
                          ["wrong response shape", "1936 values per entry", "found 100 values at entry 3"]),
         "nan_response": (lambda tmp, tf, parts: write_raw(tmp / "n.root", with_nan(parts)),
-                         ["non-finite response", "branch 'response'", "nan at entry 5, pixel (3, 4)"]),
+                         ["non-finite response", "branch 'response_zn'", "nan at entry 5, pixel (3, 4)"]),
         "inf_feature": (lambda tmp, tf, parts: write_raw(tmp / "i.root", with_inf_feature(parts)),
                         ["invalid particle features", "row 7", "'vz'", "finite"]),
     }
@@ -181,7 +201,7 @@ def test_writer_leaves_nothing_when_a_chunk_is_bad(tmp_path, tiny_parts):
     bad[rootio.RESPONSE] = tiny_parts[rootio.RESPONSE].copy()
     bad[rootio.RESPONSE][0, 0, 0] = np.inf
     path = tmp_path / "out.root"
-    with pytest.raises(RootFileError, match="non-finite values.*branch 'response'"):
+    with pytest.raises(RootFileError, match="non-finite values.*branch 'response_zn'"):
         rootio.write_dataset(path, [tiny_parts, bad])
     assert leftovers(tmp_path, set()) == []
 
@@ -203,9 +223,9 @@ def test_writer_keeps_the_previous_file_when_interrupted(tmp_path, tiny_parts):
 def test_writer_rejects_wrong_shapes_and_branches(tmp_path, tiny_parts):
     types = rootio.dataset_branch_types()
     branches = rootio.flatten_parts(tiny_parts)
-    with pytest.raises(RootFileError, match="wrong shape.*branch 'response'.*shape \\(44, 44\\)"):
+    with pytest.raises(RootFileError, match="wrong shape.*branch 'response_zn'.*shape \\(44, 44\\)"):
         with rootio.RootWriter(tmp_path / "a.root", types) as w:
-            w.write({**branches, "response": branches["response"][:, :40]})
+            w.write({**branches, "response_zn": branches["response_zn"][:, :40]})
     with pytest.raises(RootFileError, match="wrong branches"):
         with rootio.RootWriter(tmp_path / "b.root", types) as w:
             w.write({k: v for k, v in branches.items() if k != "pdg"})

@@ -24,6 +24,7 @@ class TrainConfig:
     data: str  # training ROOT file (standard schema)
     out: str  # run folder: checkpoints, metrics.jsonl, plots
     val_data: str | None = None  # held-out ROOT file; default: val_fraction of the particles of `data`
+    detector: str = "zn"  # the calorimeter to learn: 'zn' or 'zp' (zdc_sim/geometry.py)
     model: str = "base"  # a size of zdc_sim.models.SIZES
     model_options: dict = field(default_factory=dict)  # ModelConfig fields over the size's, e.g. {"halo": true}
     epochs: int = 30
@@ -98,6 +99,8 @@ class TrainConfig:
                 raise ConfigError(f"training config: '{name}' is {getattr(self, name)!r}; expected {expected}")
         try:
             self.model_config
+        except ZdcError as exc:  # an unknown detector, a bad option value
+            raise ConfigError(f"training config: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"training config: 'model_options' {self.model_options!r}: {exc}") from None
         try:  # the method's own options are checked by building it (a stand-in encoder for IID)
@@ -108,7 +111,7 @@ class TrainConfig:
     @property
     def model_config(self) -> ModelConfig:
         """The size's network configuration with `model_options` on top."""
-        return ModelConfig(**{**SIZES[self.model].to_dict(), **self.model_options})
+        return ModelConfig(**{**SIZES[self.model].to_dict(), "detector": self.detector, **self.model_options})
 
     @property
     def regularizer_kwargs(self) -> dict:

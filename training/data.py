@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zdc_sim import rootio
+from zdc_sim import geometry, rootio
 from zdc_sim.geometry import channel_sums
 from zdc_sim.metrics import shower_centres
 
@@ -18,7 +18,7 @@ class Dataset:
     features: np.ndarray  # (N, 9) float32, raw units
     pdg: np.ndarray  # (N,) int32
     particle_id: np.ndarray  # (N,) int64
-    log_images: torch.Tensor | None  # (N, 1, 44, 44) float32, log(1 + counts); None if not loaded
+    log_images: torch.Tensor | None  # (N, 1, rows, columns) float32, log(1 + counts); None if not loaded
     channels: np.ndarray  # (N, 5) float64 channel sums of the counts
     centres: np.ndarray  # (N, 2) float32 count-weighted shower centres in cm (NaN when empty)
 
@@ -31,27 +31,36 @@ class Dataset:
                        self.centres[mask])
 
 
-def load(path, max_entries: int | None = None, schema: rootio.Schema = rootio.Schema(), images: bool = True) -> Dataset:
-    """Read a ROOT file chunk by chunk (validated by zdc_sim.rootio). `images=False` keeps only the
-    channel sums of the responses, for evaluation sets that need no pixels."""
+def load(path, max_entries: int | None = None, schema: rootio.Schema = rootio.Schema(), images: bool = True,
+         detector: str = "zn") -> Dataset:
+    """Read `detector`'s responses from a ROOT file chunk by chunk (validated by zdc_sim.rootio),
+    keeping the particles that reach it (the others are empty by definition and never reach the
+    model) and mirroring C-side particles to the A side (zdc_sim.geometry.to_a_side), the frame
+    the model works in. `images=False` keeps only the channel sums, for sets that need no pixels."""
+    det = geometry.detector(detector)
+    response = rootio.response_part(det)
     parts = {k: [] for k in ("features", "pdg", "particle_id", "images", "channels", "centres")}
     seen = 0
-    for chunk in rootio.iterate(path, schema):
+    for chunk in rootio.iterate(path, schema, parts=(rootio.FEATURES, rootio.PDG, rootio.PARTICLE_ID, response)):
         if max_entries is not None:
             chunk = {k: v[: max_entries - seen] for k, v in chunk.items()}
-        counts = chunk[rootio.RESPONSE]
-        parts["features"].append(chunk[rootio.FEATURES])
+        seen += len(chunk[rootio.PDG])
+        keep = geometry.reaches(chunk[rootio.FEATURES], det)
+        chunk = {k: v[keep] for k, v in chunk.items()}
+        counts = chunk[response]
+        parts["features"].append(geometry.to_a_side(chunk[rootio.FEATURES]))
         parts["pdg"].append(chunk[rootio.PDG])
         parts["particle_id"].append(chunk[rootio.PARTICLE_ID])
         if images:
             parts["images"].append(torch.from_numpy(np.log1p(counts))[:, None])
         parts["channels"].append(channel_sums(counts))
         parts["centres"].append(shower_centres(counts).astype(np.float32))
-        seen += len(counts)
         if max_entries is not None and seen >= max_entries:
             break
-    if seen == 0:
-        raise rootio.RootFileError("no entries", file=path, tree=rootio.TREE, expected="at least one entry", found="0")
+    if sum(len(p) for p in parts["pdg"]) == 0:
+        raise rootio.RootFileError("no entries", file=path, tree=rootio.TREE,
+                                   expected=f"at least one entry of a particle that reaches the {det.name.upper()}",
+                                   found=f"{seen} entries, none reaching it")
     return Dataset(np.concatenate(parts["features"]), np.concatenate(parts["pdg"]),
                    np.concatenate(parts["particle_id"]), torch.cat(parts["images"]) if images else None,
                    np.concatenate(parts["channels"]), np.concatenate(parts["centres"]))

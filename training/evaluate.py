@@ -42,7 +42,7 @@ def _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, r
     report.update(particles=int(n_particles), repeats=int(k), samples=int(samples))
     if ceiling:
         rng = np.random.default_rng([seed, 1])
-        fresh = reference.simulate(np.repeat(features, samples, 0), np.repeat(pdg, samples), rng)
+        fresh = reference.simulate(np.repeat(features, samples, 0), np.repeat(pdg, samples), rng, simulator.detector)
         fresh_channels, fresh_centres = _channels_and_centres(fresh, n_particles, samples)
         perfect = _scores(real_channels, fresh_channels, pdg, real_centres, fresh_centres, bootstrap)
         report["ceiling"] = perfect
@@ -93,10 +93,10 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
 
 
 def load_particles(path, max_particles: int | None = None, schema: rootio.Schema = rootio.Schema(),
-                   with_centres: bool = False):
-    """(features (P, 9), pdg (P,), channels (P, K, 5)[, centres (P, K, 2)]) of a file, read in
-    chunks (images are not kept)."""
-    data = load(path, schema=schema, images=False)
+                   with_centres: bool = False, detector: str = "zn"):
+    """(features (P, 9), pdg (P,), channels (P, K, 5)[, centres (P, K, 2)]) of `detector` in a
+    file, the particles that reach it only, read in chunks (images are not kept)."""
+    data = load(path, schema=schema, images=False, detector=detector)
     _, (feats, pdg, channels, centres) = metrics.group_repeats(data.particle_id, data.features, data.pdg,
                                                                data.channels, data.centres)
     if max_particles is not None:
@@ -109,14 +109,16 @@ def evaluate_file(simulator: Simulator, path, max_particles: int | None = None, 
                   seed: int = 0, ceiling: bool = False, schema: rootio.Schema = rootio.Schema(),
                   bootstrap: int = BOOTSTRAP, plots=None) -> dict:
     """Evaluate on a file; `plots`: a folder for the figures a physicist looks at (see plots.py)."""
-    feats, pdg, channels, centres = load_particles(path, max_particles, schema, with_centres=True)
+    feats, pdg, channels, centres = load_particles(path, max_particles, schema, with_centres=True,
+                                                   detector=simulator.detector.name)
     report, generated = _evaluate(simulator, feats, pdg, channels, samples, seed, ceiling, centres, bootstrap)
     report["data"] = str(path)
+    report["detector"] = simulator.detector.name
     if plots is not None:
         from .plots import write_evaluation_plots
 
         report["plots"] = [str(p) for p in write_evaluation_plots(plots, simulator, pdg, channels, generated, seed,
-                                                                   _example_particles(path, schema))]
+                                                                   _example_particles(path, schema, simulator.detector))]
     return report
 
 
@@ -126,7 +128,7 @@ def _ratios(r: dict) -> str:
 
 def format_report(report: dict) -> str:
     ceiling = report.get("ceiling")
-    lines = [f"{report['particles']} particles x {report['repeats']} real repeats, "
+    lines = [f"{report.get('detector', 'zn').upper()}: {report['particles']} particles x {report['repeats']} real repeats, "
              f"{report['samples']} generated samples each"]
     for c, (name, model, floor) in enumerate(zip(geometry.CHANNEL_NAMES, report["ws_channels"],
                                                  report["floor_channels"])):
@@ -158,12 +160,13 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _example_particles(path, schema: rootio.Schema, per_class: int = 2) -> dict:
+def _example_particles(path, schema: rootio.Schema, detector, per_class: int = 2) -> dict:
     """Real images of the first particles of each shower class in the file's first chunk that
-    reach the fibres, for the mean-response plot."""
-    chunk = next(rootio.iterate(path, schema))
+    reach the fibres of `detector`, for the mean-response plot."""
+    response = rootio.response_part(detector)
+    chunk = next(rootio.iterate(path, schema, parts=(rootio.FEATURES, rootio.PDG, rootio.PARTICLE_ID, response)))
     ids, (feats, pdg, counts) = metrics.group_repeats(chunk[rootio.PARTICLE_ID], chunk[rootio.FEATURES], chunk[rootio.PDG],
-                                                      chunk[rootio.RESPONSE])
+                                                      chunk[response])
     classes = species.shower_class(pdg[:, 0])
     hit = counts.sum((2, 3)).mean(1) >= 10 * geometry.MIN_MEAN_COUNTS
     chosen = [i for cls in (species.HADRONIC, species.ELECTROMAGNETIC)

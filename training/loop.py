@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from zdc_sim import checkpoint, geometry, metrics, regularizers
+from zdc_sim import checkpoint, regularizers
 from zdc_sim.features import Domain, Standardizer
 from zdc_sim.models import Discriminator, Encoder, Generator
 from zdc_sim.simulator import Simulator, pick_device
@@ -342,9 +342,9 @@ class _Run:
 
 def _datasets(config: TrainConfig) -> tuple[training_data.Dataset, training_data.Dataset]:
     """(training, validation): the validation file, or else val_fraction of the training file's particles."""
-    full = training_data.load(config.data, config.max_entries)
+    full = training_data.load(config.data, config.max_entries, detector=config.detector)
     if config.val_data is not None:
-        return full, training_data.load(config.val_data)
+        return full, training_data.load(config.val_data, detector=config.detector)
     held = training_data.split_by_particle(full.particle_id, config.val_fraction, config.seed)
     return full.subset(~held), full.subset(held)
 
@@ -366,4 +366,4 @@ def _validation_arrays(val: training_data.Dataset, max_particles: int) -> dict:
     feats, pdg, channels, centres, rows = (a[:max_particles] for a in (feats, pdg, channels, centres, rows))
     return {"features": feats[:, 0], "pdg": pdg[:, 0], "channels": channels, "centres": centres,
             "images": torch.expm1(val.log_images[torch.as_tensor(rows[:8].ravel())]).numpy().reshape(
-                len(rows[:8]), rows.shape[1], *geometry.SHAPE)}
+                len(rows[:8]), rows.shape[1], *val.log_images.shape[-2:])}

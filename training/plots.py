@@ -72,7 +72,7 @@ def _responses(out, simulator, feats, real_images, n_particles=4, repeats=3):
     n_particles = min(n_particles, len(real_images))
     repeats = min(repeats, real_images.shape[1])
     fake = simulator.simulate(np.repeat(feats[:n_particles], repeats, 0), seed=SEED, extrapolate=True).counts
-    fake = fake.reshape(n_particles, repeats, *geometry.SHAPE)
+    fake = fake.reshape(n_particles, repeats, *simulator.detector.shape)
     fig, axes = plt.subplots(n_particles, 2 * repeats, figsize=(2.2 * 2 * repeats, 2.2 * n_particles), squeeze=False)
     for p in range(n_particles):
         for r in range(repeats):
@@ -137,7 +137,7 @@ def _mean_responses(out, simulator, particles: dict, seed, samples: int = 20):
     """particles: {'features' (n, 9), 'images' (n, K, 44, 44), 'labels' [n]}."""
     feats, images = particles["features"], particles["images"]
     n = len(feats)
-    fake = simulator.simulate(np.repeat(feats, samples, 0), seed=seed, extrapolate=True).counts.reshape(n, samples, *geometry.SHAPE).mean(1)
+    fake = simulator.simulate(np.repeat(feats, samples, 0), seed=seed, extrapolate=True).counts.reshape(n, samples, *simulator.detector.shape).mean(1)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
     for p in range(n):
         real_mean = images[p].mean(0)

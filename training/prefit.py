@@ -17,7 +17,14 @@ from zdc_sim.models import Generator
 from .config import ConfigError, TrainConfig
 from .data import Dataset
 
-INSIDE_CM = 2.5  # showers centred this close to the face centre are not cut by its edge
+# Showers centred this close (|x|, |y|) to the face centre are not cut by its edge: about one
+# hadronic halo width (ZN 1 cm, ZP 2 cm in brass) inside the face.
+INSIDE_CM = {"zn": (2.5, 2.5), "zp": (9.2, 4.0)}
+
+
+def _inside(generator: Generator, points: torch.Tensor) -> torch.Tensor:
+    """(N,) True for points (N, 2) cm well inside the face of the generator's detector."""
+    return (points.abs() < torch.tensor(INSIDE_CM[generator.config.detector], dtype=points.dtype)).all(1)
 
 
 def prefit(generator: Generator, standardizer: Standardizer, features: torch.Tensor, data: Dataset,
@@ -57,16 +64,19 @@ def solve_impact_head(generator: Generator, features: torch.Tensor, centres_cm: 
 
 @torch.no_grad()
 def set_envelope(generator: Generator, features: torch.Tensor, counts: torch.Tensor,
-                 bin_cm: float = geometry.PITCH_CM / 2) -> torch.Tensor:
+                 bin_cm: float | None = None) -> torch.Tensor:
     """Set the envelope the shape logits are added to: the log of the mean share per fibre of
     real showers at distance r from the impact head's point, in bins of `bin_cm`, read at each
     canvas pixel's distance from the canvas centre (max 0, bins no shower reached take the
-    last reached one's value). features: standardised (N, 9); counts: real responses (N, 44, 44)
-    of showers the fitted impact head puts well inside the face. Returns the profile (bins,)."""
+    last reached one's value; bins of half a fibre pitch by default). features: standardised (N, 9);
+    counts: real responses (N, rows, columns) of showers the fitted impact head puts well inside
+    the face. Returns the profile (bins,)."""
+    det = generator.config.geometry
+    bin_cm = det.pitch_cm / 2 if bin_cm is None else bin_cm
     impact = generator.impact_point(features.float()).double()  # (N, 2) cm
-    centres = torch.from_numpy(geometry.PIXEL_CENTRES_CM)
-    dx = centres[None, None, :] - impact[:, 0, None, None]  # columns run along x
-    dy = centres.flip(0)[None, :, None] - impact[:, 1, None, None]  # rows run down in y
+    x, y = torch.from_numpy(det.pixel_x_cm), torch.from_numpy(det.pixel_y_cm)
+    dx = x[None, None, :] - impact[:, 0, None, None]  # columns run along x
+    dy = y[None, :, None] - impact[:, 1, None, None]  # rows run down in y
     bins = (torch.sqrt(dx**2 + dy**2) / bin_cm).long()
     share = counts.double() / counts.double().sum((1, 2), keepdim=True).clamp_min(1.0)
     n_bins = int(bins.max()) + 1
@@ -78,7 +88,7 @@ def set_envelope(generator: Generator, features: torch.Tensor, counts: torch.Ten
         raise DataError("expected showers with counts to fit the envelope; all responses are empty")
     floor = profile[reached].min()  # bins past the showers' reach keep the last reached value
     profile = torch.where(profile > 0, profile, floor)
-    canvas_r = torch.sqrt(centres[:, None] ** 2 + centres[None, :] ** 2)
+    canvas_r = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
     index = (canvas_r / bin_cm).long().clamp(max=n_bins - 1)
     log_profile = torch.log(profile[index])
     generator.prior.copy_((log_profile - log_profile.max()).reshape(1, -1).float())
@@ -91,14 +101,14 @@ def fit_impact(generator: Generator, features: torch.Tensor, data: Dataset) -> f
     on those the first fit puts inside. Returns the median residual in cm."""
     total, centres = torch.from_numpy(data.channels.sum(1)), torch.from_numpy(data.centres).double()
     shower = (total >= geometry.MIN_MEAN_COUNTS) & torch.isfinite(centres).all(1)
-    use = shower & (centres.abs() < INSIDE_CM).all(1)
+    use = shower & _inside(generator, centres)
     if use.sum() < 20:
         raise ConfigError(f"only {int(use.sum())} training responses are showers inside the face; expected at "
                           "least 20 to fit the impact head (or train with impact_frame off)")
     solve_impact_head(generator, features[use], centres[use])
     with torch.no_grad():
         predicted = generator.impact_point(features.float())
-    use = shower & (predicted.abs() < INSIDE_CM).all(1)
+    use = shower & _inside(generator, predicted)
     return solve_impact_head(generator, features[use], centres[use])
 
 
@@ -112,7 +122,7 @@ def fit_envelope(generator: Generator, features: torch.Tensor, data: Dataset, se
     with torch.no_grad():
         predicted = generator.impact_point(features.float())
     total = torch.from_numpy(data.channels.sum(1))
-    use = np.flatnonzero(((total >= geometry.MIN_MEAN_COUNTS) & (predicted.abs() < INSIDE_CM).all(1)).numpy())
+    use = np.flatnonzero(((total >= geometry.MIN_MEAN_COUNTS) & _inside(generator, predicted)).numpy())
     if len(use) < 20:
         raise ConfigError(f"only {len(use)} training responses are showers inside the face; expected at least 20 "
                           "to fit the shape envelope (or train with \"envelope\": \"gaussian\")")
@@ -131,7 +141,7 @@ def fit_total_heads(generator: Generator, features: torch.Tensor, data: Dataset,
     totals = torch.from_numpy(data.channels.sum(1)).float()
     with torch.no_grad():
         condition = generator.conditioner(features.float())
-        inside = (generator.impact_point(features.float()).abs() < INSIDE_CM).all(1) if generator.config.impact_frame \
+        inside = _inside(generator, generator.impact_point(features.float())) if generator.config.impact_frame \
             else torch.ones(len(totals), dtype=torch.bool)
     log_totals = torch.log1p(totals)
     use = torch.nonzero(inside & (totals >= geometry.MIN_MEAN_COUNTS))[:, 0]

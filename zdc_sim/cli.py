@@ -19,14 +19,16 @@ def _data_generate(args) -> None:
 
     def chunks():
         with tqdm(total=args.particles, unit="particle", desc="simulating", disable=args.quiet) as bar:
-            for chunk in reference.generate(args.particles, args.repeats, args.seed):
+            for chunk in reference.generate(args.particles, args.repeats, args.seed, reaching=args.reaching):
                 yield chunk.parts()
                 bar.update(len(chunk.pdg) // args.repeats)
 
     provenance = {"generator": "zdc_sim.reference", "code_version": __version__, "seed": args.seed,
-                  "particles": args.particles, "repeats": args.repeats}
+                  "particles": args.particles, "repeats": args.repeats, "reaching": args.reaching}
     entries = rootio.write_dataset(args.out, chunks(), provenance=provenance)
-    print(f"wrote {entries} entries ({args.particles} particles x {args.repeats} repeats) to {args.out}")
+    which = f" reaching the {args.reaching.upper()}" if args.reaching else ""
+    print(f"wrote {entries} entries ({args.particles} particles{which} x {args.repeats} repeats; ZN and ZP "
+          f"responses) to {args.out}")
 
 
 def _schema(args):
@@ -36,10 +38,14 @@ def _schema(args):
 
 
 def _data_inspect(args) -> None:
-    from .summary import format_summary, summarize
+    from .summary import detectors_in, format_summary, summarize
 
-    summary = summarize(args.path, _schema(args))
-    print(json.dumps(summary) if args.json else format_summary(summary))
+    schema = _schema(args)
+    summaries = [summarize(args.path, schema, d) for d in detectors_in(args.path, schema)]
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else {s["detector"]: s for s in summaries}))
+    else:
+        print("\n\n".join(format_summary(s) for s in summaries))
 
 
 def _data_convert(args) -> None:
@@ -47,7 +53,11 @@ def _data_convert(args) -> None:
 
     source = _schema(args)
     provenance = {"converted_from": str(args.path), "code_version": __version__}
-    entries = rootio.write_dataset(args.out, rootio.iterate(args.path, source), provenance=provenance)
+    from .summary import detectors_in
+
+    parts = (rootio.FEATURES, rootio.PDG, rootio.PARTICLE_ID,
+             *(rootio.response_part(d) for d in detectors_in(args.path, source)))
+    entries = rootio.write_dataset(args.out, rootio.iterate(args.path, source, parts=parts), provenance=provenance)
     print(f"wrote {entries} entries to {args.out}")
 
 
@@ -82,7 +92,7 @@ TRAIN_HELP = {
     "energy_score": "weight of the channel energy score", "energy_score_image": "weight of the pooled-image energy score",
     "ema": "decay of the generator's moving average (0: none)", "device": "auto, cpu, cuda or cuda:N",
     "threads": "torch CPU threads", "checkpoint_every": "save the resumable state every N steps",
-    "max_entries": "read at most N entries of --data", "prefit_steps": "optimizer steps of the total heads' pre-fit",
+    "detector": "the calorimeter to learn: zn or zp", "max_entries": "read at most N entries of --data", "prefit_steps": "optimizer steps of the total heads' pre-fit",
 }
 
 
@@ -164,22 +174,44 @@ def _export(args) -> None:
                    channels_only=args.channels_only, resume=args.resume,
                    compression=args.compression or export.EXPORT_COMPRESSION)
     out = Path(args.out)
+    checkpoints = _export_checkpoints(args)
     if len(args.inputs) == 1 and not out.is_dir():
-        from .simulator import Simulator
-
-        simulator = Simulator.load(args.checkpoint, device=args.device, engine=args.engine)
-        result = export.export_file(args.inputs[0], out, simulator, progress=not args.quiet, **options)
+        simulators = export.load_simulators(checkpoints, device=args.device, engine=args.engine)
+        result = export.export_file(args.inputs[0], out, simulators, progress=not args.quiet, **options)
         print(f"wrote {result.entries} entries to {result.output} in {result.seconds:.1f} s "
               f"({result.particles_per_second:,.0f} particles/s)" +
               (f"; resumed after entry {result.resumed_from}" if result.resumed_from else "") +
               (f"; {result.out_of_domain} particles outside the model's trained feature ranges (simulated, flagged "
-               f"in branch '{export.OUT_OF_DOMAIN}')" if result.out_of_domain else ""))
+               f"in the branches '{export.OUT_OF_DOMAIN}_<detector>')" if result.out_of_domain else ""))
         return
-    rows = export.export_many(args.inputs, out, checkpoint_path=args.checkpoint, device=args.device, engine=args.engine,
+    rows = export.export_many(args.inputs, out, checkpoints=checkpoints, device=args.device, engine=args.engine,
                               scheduler=args.scheduler, workers=args.workers, **options)
     print(export.format_summary(rows))
     if not all(r["ok"] for r in rows):
         raise ZdcError(f"{sum(not r['ok'] for r in rows)} of {len(rows)} inputs failed (see the summary above)")
+
+
+def _detectors(text: str) -> list[str]:
+    from . import geometry
+
+    names = [geometry.detector(name.strip()).name for name in text.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ZdcError(f"--detectors {text!r}; expected distinct names among zn, zp, e.g. zn,zp")
+    return names
+
+
+def _export_checkpoints(args) -> list[str]:
+    """One model source per detector of --detectors: the shipped one, or a --checkpoint for it."""
+    from . import checkpoint
+
+    sources = {name: name for name in _detectors(args.detectors)}
+    for path in args.checkpoint or []:
+        detector = checkpoint.load(path)[1].get("model", {}).get("detector", "zn")
+        if detector not in sources:
+            raise ZdcError(f"--checkpoint {path} simulates the {detector.upper()}, which --detectors "
+                           f"{args.detectors} leaves out; expected a model of one of {sorted(sources)}")
+        sources[detector] = path
+    return list(sources.values())
 
 
 def _serve(args) -> None:
@@ -189,7 +221,7 @@ def _serve(args) -> None:
                                  max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
                                  max_particles_per_request=args.max_particles, threads=args.threads,
                                  dynamic_batching=False if args.no_batching else None, bf16=args.bf16 or None,
-                                 compile=args.compile or None, engine=args.engine)
+                                 compile=args.compile or None, engine=args.engine, zp_checkpoint=args.zp_checkpoint)
     serve(settings, log_level=args.log_level)
 
 
@@ -197,14 +229,24 @@ def _model_export(args) -> None:
     from .exports import onnx, triton
     from .simulator import Simulator
 
-    simulator = Simulator.load(args.checkpoint, device="cpu")
+    simulator = Simulator.load(args.checkpoint or args.detector, device="cpu")
+    if args.checkpoint and args.detector not in (None, simulator.detector.name):
+        raise ZdcError(f"--detector {args.detector}: the checkpoint {args.checkpoint} simulates the "
+                       f"{simulator.detector.name.upper()}; expected a {args.detector.upper()} model (or no --detector)")
+    if args.format == "o2":
+        from .exports.o2 import export_o2
+
+        for path in export_o2(simulator, args.out):
+            print(f"wrote {path}")
+        return
     if args.format == "onnx":
         path = onnx.write_onnx(simulator, args.out)
         print(f"wrote {path} (model version {simulator.model_version}; inputs "
-              f"{', '.join(onnx.input_names(simulator.generator.config.photon_noise))}; outputs RESPONSES, CHANNELS)")
+              f"{', '.join(onnx.input_names(simulator.generator.config.photon_noise))}; outputs RESPONSES, CHANNELS; "
+              f"{simulator.detector.name.upper()})")
         return
     repository = triton.write_triton_repository(simulator, args.out, args.max_batch_size)
-    print(f"wrote the Triton model repository {repository.parent} (model '{triton.TRITON_MODEL}', "
+    print(f"wrote the Triton model repository {repository.parent} (model '{repository.name}', "
           f"version {simulator.model_version}); start it with\n"
           f"  docker run --gpus all -p 8000:8000 -v {Path(args.out).resolve()}:/models "
           f"nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
@@ -217,14 +259,15 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     branch_map = argparse.ArgumentParser(add_help=False)
     branch_map.add_argument("--branch-map", help="JSON file: {'tree': ..., 'branches': {column: branch}}")
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--checkpoint", help="checkpoint file (default: the model shipped with zdc-sim)")
+    model.add_argument("--checkpoint", help="checkpoint file, or zn / zp for a shipped model (default: the shipped "
+                       "ZN model); the checkpoint says which detector it simulates")
     model.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     return {"quiet": quiet, "branch_map": branch_map, "model": model}
 
 
 def build_parser() -> argparse.ArgumentParser:
     shared = _parents()
-    parser = argparse.ArgumentParser(prog="zdc-sim", description="Fast simulation of the ALICE ZN calorimeter.")
+    parser = argparse.ArgumentParser(prog="zdc-sim", description="Fast simulation of the ALICE ZDC calorimeters (ZN, ZP).")
     parser.add_argument("--version", action="version", version=f"zdc-sim {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -234,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repeats", type=int, default=4, help="independent simulations of each particle")
     gen.add_argument("--seed", type=int, required=True)
     gen.add_argument("--out", required=True, help="output ROOT file (written atomically)")
+    gen.add_argument("--reaching", choices=["zn", "zp"], help="keep only particles that reach this detector "
+                     "(both detectors' responses are written either way)")
     gen.set_defaults(run=_data_generate)
 
     ins = data.add_parser("inspect", help="print the statistics of a dataset", parents=[shared["branch_map"]])
@@ -269,8 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     ex = commands.add_parser("export", help="simulate the particles of ROOT files into ROOT files of responses",
-                             parents=[shared["model"], shared["branch_map"], shared["quiet"]])
+                             parents=[shared["branch_map"], shared["quiet"]])
     ex.add_argument("inputs", nargs="+", metavar="INPUT", help="ROOT files with the 9 particle feature branches")
+    ex.add_argument("--detectors", default="zn,zp", help="comma-separated detectors to simulate (default zn,zp: "
+                    "branches response_zn, channels_zn, ... and response_zp, channels_zp, ...)")
+    ex.add_argument("--checkpoint", action="append", help="a checkpoint replacing the shipped model of the detector "
+                    "it simulates (repeatable: one per detector)")
+    ex.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     ex.add_argument("--out", required=True, help="output file (one input) or folder (<stem>.zdcsim.root per input)")
     ex.add_argument("--seed", type=int, help="same seed, same output (default: random, recorded in the provenance)")
     ex.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "auto"],
@@ -288,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv = commands.add_parser("serve", help="serve a model over HTTP (native API and Open Inference Protocol v2)")
     srv.add_argument("--host", help="default 127.0.0.1 (ZDC_SIM_HOST); 0.0.0.0 to listen on all interfaces")
     srv.add_argument("--port", type=int, help="default 8000 (ZDC_SIM_PORT)")
-    srv.add_argument("--checkpoint", help="checkpoint file (default: the shipped model; ZDC_SIM_CHECKPOINT)")
+    srv.add_argument("--checkpoint", help="ZN checkpoint file (default: the shipped ZN model; ZDC_SIM_CHECKPOINT)")
+    srv.add_argument("--zp-checkpoint", dest="zp_checkpoint", help="ZP checkpoint file (default: the shipped ZP "
+                     "model; 'none' serves the ZN only; ZDC_SIM_ZP_CHECKPOINT)")
     srv.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (ZDC_SIM_DEVICE)")
     srv.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (ZDC_SIM_BF16)")
     srv.add_argument("--engine", choices=["torch", "onnxruntime", "auto"],
@@ -304,9 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(run=_serve)
 
     model = commands.add_parser("model", help="the model outside this process").add_subparsers(dest="action", required=True)
-    mex = model.add_parser("export", help="write the model as one ONNX file or a Triton model repository")
-    mex.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the shipped model)")
-    mex.add_argument("--format", choices=["onnx", "triton"], default="onnx")
+    mex = model.add_parser("export", help="write a model as one ONNX file, a Triton model repository, or the "
+                           "files ALICE O2's ZDC fast simulation loads")
+    mex.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the shipped model of --detector)")
+    mex.add_argument("--detector", choices=["zn", "zp"], help="the shipped model to export (default zn)")
+    mex.add_argument("--format", choices=["onnx", "triton", "o2"], default="onnx")
     mex.add_argument("--out", required=True, help="output folder (created if missing)")
     mex.add_argument("--max-batch-size", dest="max_batch_size", type=int, default=4096, help="Triton's max_batch_size")
     mex.set_defaults(run=_model_export)

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import features
 from .errors import DomainError, FeatureError, ZdcError
-from .geometry import N_CHANNELS, SHAPE
+from .geometry import N_CHANNELS
 from .engines import random_seed, seeded_normals
 from .exports.onnx import random_feeds
 from .simulator import Simulation
@@ -58,6 +58,8 @@ class RemoteSimulator:
         meta = self._json("GET", f"/v2/models/{model}")
         names = {tensor["name"]: tensor for tensor in meta["inputs"]}
         self.model_version = meta.get("versions", ["unknown"])[0]
+        outputs = {tensor["name"]: tensor for tensor in meta.get("outputs", [])}
+        self.shape = tuple(outputs["RESPONSES"]["shape"][1:])  # the detector's image (rows, columns)
         # Triton's repository takes the random inputs; a zdc-sim server takes a seed and draws them.
         self.triton = "LATENTS" in names if triton is None else triton
         self.latent_dim = names["LATENTS"]["shape"][-1] if self.triton else None
@@ -75,7 +77,7 @@ class RemoteSimulator:
             seed = random_seed()
         pieces = [self._infer(raw[i : i + self.max_particles], seed, i, extrapolate)
                   for i in range(0, len(raw), self.max_particles)]
-        counts = np.concatenate([p[0] for p in pieces]) if pieces else np.empty((0, *SHAPE), np.float32)
+        counts = np.concatenate([p[0] for p in pieces]) if pieces else np.empty((0, *self.shape), np.float32)
         channels = np.concatenate([p[1] for p in pieces]) if pieces else np.empty((0, N_CHANNELS), np.float32)
         return Simulation(counts, channels)
 

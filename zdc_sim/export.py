@@ -1,7 +1,10 @@
-"""ROOT in -> ROOT out batch simulation: read the particle branches of a file in chunks, simulate,
-write a TTree of the particles with their simulated responses and channel sums. A particle
-outside the feature ranges the model was trained on is simulated anyway and flagged
-(`out_of_domain` branch; their count in the provenance): one odd particle never fails a file.
+"""ROOT in -> ROOT out batch simulation: read the particle branches of a file in chunks, simulate
+them in each detector asked for (ZN and ZP by default), write a TTree of the particles with, per
+detector, the simulated responses (`response_zn` float[44][44], `response_zp` float[30][56]), the
+5 channel sums (`channels_zn`, `channels_zp` float[5]) and flags. A particle outside the feature
+ranges a model was trained on is simulated anyway and flagged (`out_of_domain_zn` / `_zp`; their
+count in the provenance): one odd particle never fails a file. A particle that does not reach a
+detector gets an empty response there (`reached_zn` / `_zp` false).
 
 Reading, simulating and writing overlap (a reader and a writer thread around the simulating
 one, joined by queues of at most two chunks, so memory stays bounded whatever the file size).
@@ -28,7 +31,7 @@ from tqdm import tqdm
 from . import __version__, atomic, checkpoint, features, rootio
 from .engines import random_seed
 from .errors import ZdcError
-from .geometry import CHANNEL_NAMES
+from .geometry import N_CHANNELS
 from .simulator import Simulation, Simulator
 
 DEFAULT_CHUNK = 8192
@@ -37,6 +40,17 @@ DEFAULT_CHUNK = 8192
 EXPORT_COMPRESSION = "none"
 OUT_OF_DOMAIN = "out_of_domain"  # per entry: the particle lies outside the model's trained feature ranges
 _DONE = object()
+
+
+def branch(kind: str, detector: str) -> str:
+    """An output branch of one detector: 'response_zn', 'channels_zp', 'out_of_domain_zn', 'reached_zp'."""
+    return f"{kind}_{detector}"
+
+
+def detector_seed(seed: int, detector: str) -> int:
+    """The seed of one detector's draws in a multi-detector export: the ZN's is the export's seed
+    itself (so a ZN export is what one Simulator gives for that seed); the ZP's another, fixed one."""
+    return seed if detector == "zn" else (seed + 0x9E3779B97F4A7C15) % 2**63
 
 
 @dataclass(frozen=True)
@@ -53,13 +67,29 @@ class ExportResult:
         return self.entries / self.seconds if self.seconds > 0 else 0.0
 
 
-def output_branch_types(channels_only: bool) -> dict[str, np.dtype]:
+def output_branch_types(channels_only: bool, detectors=("zn",)) -> dict[str, np.dtype]:
     types = {name: np.dtype(np.float32) for name in features.NAMES}
-    if not channels_only:
-        types[rootio.RESPONSE] = rootio.RESPONSE_TYPE
-    types.update({name: np.dtype(np.float32) for name in CHANNEL_NAMES})
-    types[OUT_OF_DOMAIN] = np.dtype(np.bool_)
+    for det in detectors:
+        if not channels_only:
+            types[branch("response", det)] = rootio.response_type(det)
+        types[branch("channels", det)] = np.dtype((np.float32, (N_CHANNELS,)))
+        types[branch(OUT_OF_DOMAIN, det)] = np.dtype(np.bool_)
+        types[branch("reached", det)] = np.dtype(np.bool_)
     return types
+
+
+def _simulators(simulator) -> dict[str, Simulator]:
+    """{detector: Simulator} from one Simulator or a mapping of them (distinct detectors)."""
+    if isinstance(simulator, Simulator):
+        return {simulator.detector.name: simulator}
+    sims = dict(simulator)
+    for name, sim in sims.items():
+        if sim.detector.name != name:
+            raise ZdcError(f"the simulator given for '{name}' simulates the {sim.detector.name.upper()}; "
+                           f"expected a {name.upper()} model")
+    if not sims:
+        raise ZdcError("no detector to export; expected at least one simulator")
+    return sims
 
 
 def partial_path(output: Path) -> Path:
@@ -88,15 +118,18 @@ def _threaded(iterable, size: int = 2):
         yield item
 
 
-def export_file(input_path, output_path, simulator: Simulator, *, seed: int | None = None,
+def export_file(input_path, output_path, simulator, *, seed: int | None = None,
                 chunk_size: int = DEFAULT_CHUNK, schema: rootio.Schema = rootio.Schema(), tree: str = rootio.TREE,
                 channels_only: bool = False, resume: bool = False, progress: bool = True,
                 compression: str = EXPORT_COMPRESSION,
-                simulate: Callable[[np.ndarray, np.ndarray], Simulation] | None = None) -> ExportResult:
-    """Simulate every particle of `input_path` into `output_path`. `seed` None draws one at random
-    (recorded in the provenance). `compression` is an `rootio.parse_compression` spec.
-    `simulate(raw_features, draws)` replaces the simulator's own forward pass (the service
-    routes it through its batcher)."""
+                simulate: dict[str, Callable[[np.ndarray, np.ndarray], Simulation]] | None = None) -> ExportResult:
+    """Simulate every particle of `input_path` into `output_path`. `simulator`: one Simulator, or
+    {detector: Simulator} to simulate several (the ZN and the ZP). `seed` None draws one at random
+    (recorded in the provenance; each detector draws from `detector_seed(seed, name)`).
+    `compression` is an `rootio.parse_compression` spec. `simulate`: {detector: function(raw
+    features, draws) -> Simulation} replacing the simulators' own passes (the service routes them
+    through its batchers)."""
+    simulators = _simulators(simulator)
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     rootio.parse_compression(compression)  # a bad spec fails before any file is touched
@@ -105,16 +138,17 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
     if seed is None:
         seed = random_seed()  # random, but recorded in the provenance
     total = rootio.num_entries(input_path, schema)
-    provenance = {"model": simulator.metadata.get("model_size", "custom"), "model_version": simulator.model_version,
-                  "model_checksum": simulator.metadata.get("checksum"), "seed": int(seed),
+    provenance = {"detectors": list(simulators),
+                  "model_versions": {d: s.model_version for d, s in simulators.items()},
+                  "model_checksums": {d: s.metadata.get("checksum") for d, s in simulators.items()}, "seed": int(seed),
                   "code_version": __version__, "input": str(input_path),
                   "input_checksum": checkpoint.file_fingerprint(input_path), "entries": total,
                   "channels_only": channels_only}
     partial = partial_path(output_path)
     manifest = partial.with_name(partial.name + ".json")
     done = _resumable_entries(partial, manifest, provenance, tree) if resume else 0
-    simulate = simulate or simulator.simulate_draws
-    types = output_branch_types(channels_only)
+    simulate = simulate or {d: s.simulate_draws for d, s in simulators.items()}
+    types = output_branch_types(channels_only, list(simulators))
 
     def chunks():
         for part in rootio.iterate(input_path, schema, parts=(rootio.FEATURES,), step_size=chunk_size, entry_start=done):
@@ -131,20 +165,22 @@ def export_file(input_path, output_path, simulator: Simulator, *, seed: int | No
             outside = 0
             if carried is not None:
                 writer.write(carried)
-                outside = int(carried[OUT_OF_DOMAIN].sum())
+                outside = sum(int(carried[branch(OUT_OF_DOMAIN, d)].sum()) for d in simulators)
             outputs: queue.Queue = queue.Queue(2)
             writer_thread = _Writer(writer, outputs)
             writer_thread.start()
             start = done
             try:
                 for raw in _threaded(chunks()):
-                    sim = simulate(raw, simulator.draws(len(raw), seed, start))
                     row = {name: raw[:, i] for i, name in enumerate(features.NAMES)}
-                    if not channels_only:
-                        row[rootio.RESPONSE] = sim.counts
-                    row.update({name: sim.channels[:, i] for i, name in enumerate(CHANNEL_NAMES)})
-                    row[OUT_OF_DOMAIN] = simulator.outside_domain(raw)
-                    outside += int(row[OUT_OF_DOMAIN].sum())
+                    for det, sim_det in simulators.items():
+                        sim = simulate[det](raw, sim_det.draws(len(raw), detector_seed(seed, det), start))
+                        if not channels_only:
+                            row[branch("response", det)] = sim.counts
+                        row[branch("channels", det)] = sim.channels
+                        row[branch(OUT_OF_DOMAIN, det)] = sim_det.outside_domain(raw)
+                        row[branch("reached", det)] = sim_det.reaches(raw)
+                        outside += int(row[branch(OUT_OF_DOMAIN, det)].sum())
                     outputs.put(row)
                     writer_thread.check()
                     start += len(raw)
@@ -205,15 +241,27 @@ def output_name(input_path: Path, out_dir: Path) -> Path:
     return out_dir / f"{input_path.stem}.zdcsim.root"
 
 
-def _export_task(input_path: str, output_path: str, checkpoint_path: str | None, device: str, engine: str,
+def load_simulators(checkpoints, device: str = "cpu", engine: str = "torch") -> dict[str, Simulator]:
+    """{detector: Simulator} from a list of checkpoint paths or detector names ('zn', 'zp': the
+    shipped models); each checkpoint says its detector."""
+    sims = {}
+    for source in checkpoints:
+        sim = Simulator.load(source, device=device, engine=engine)
+        if sim.detector.name in sims:
+            raise ZdcError(f"two models for the {sim.detector.name.upper()} ({source}); expected one per detector")
+        sims[sim.detector.name] = sim
+    return sims
+
+
+def _export_task(input_path: str, output_path: str, checkpoints: tuple, device: str, engine: str,
                  options: dict) -> dict:
-    """One input on a Dask worker (the simulator is loaded once per worker process)."""
-    key = (checkpoint_path, device, engine)
-    simulator = _WORKER_SIMULATORS.get(key)
-    if simulator is None:
-        simulator = _WORKER_SIMULATORS[key] = Simulator.load(checkpoint_path, device=device, engine=engine)
+    """One input on a Dask worker (the simulators are loaded once per worker process)."""
+    key = (tuple(checkpoints), device, engine)
+    simulators = _WORKER_SIMULATORS.get(key)
+    if simulators is None:
+        simulators = _WORKER_SIMULATORS[key] = load_simulators(checkpoints, device=device, engine=engine)
     try:
-        result = export_file(input_path, output_path, simulator, progress=False, **options)
+        result = export_file(input_path, output_path, simulators, progress=False, **options)
         return {**asdict(result), "ok": True, "error": None}
     except ZdcError as exc:
         return {**asdict(ExportResult(input_path, output_path, 0, 0.0)), "ok": False, "error": str(exc)}
@@ -222,11 +270,12 @@ def _export_task(input_path: str, output_path: str, checkpoint_path: str | None,
 _WORKER_SIMULATORS: dict = {}
 
 
-def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str = "cpu", engine: str = "torch",
+def export_many(inputs: list[str], out_dir, *, checkpoints=("zn", "zp"), device: str = "cpu", engine: str = "torch",
                 scheduler: str | None = None, workers: int = 2, processes: bool = True, **options) -> list[dict]:
     """Each input to `out_dir/<stem>.zdcsim.root`, in parallel on Dask distributed: a local cluster
     of `workers` processes (threads of this process with processes=False), or the cluster at
-    `scheduler`. Returns one summary row per input; a failed input does not stop the others."""
+    `scheduler`. `checkpoints`: paths or detector names, one model per detector (default: the
+    shipped ZN and ZP). Returns one summary row per input; a failed input does not stop the others."""
     from dask.distributed import Client, LocalCluster
 
     rootio.parse_compression(options.get("compression", EXPORT_COMPRESSION))  # fails here, not once per input
@@ -240,7 +289,7 @@ def export_many(inputs: list[str], out_dir, *, checkpoint_path=None, device: str
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=None)
     try:
         with Client(scheduler or cluster) as client:
-            futures = client.map(_export_task, inputs, outputs, checkpoint_path=checkpoint_path, device=device, engine=engine,
+            futures = client.map(_export_task, inputs, outputs, checkpoints=tuple(checkpoints), device=device, engine=engine,
                                  options=options, pure=False)
             return client.gather(futures)
     finally:

@@ -141,9 +141,10 @@ class Domain:
         arr = np.asarray(features, dtype=np.float64)
         return ((arr < low) | (arr > high)).any(1)
 
-    def check(self, features: np.ndarray, *, source: str = "features") -> None:
-        """Raise DomainError naming the first row outside, its feature, value and trained range."""
-        outside = self.outside(features)
+    def check(self, features: np.ndarray, *, source: str = "features", only: np.ndarray | None = None) -> None:
+        """Raise DomainError naming the first row outside, its feature, value and trained range;
+        `only` (N,) bool: the rows to check (the others pass)."""
+        outside = self.outside(features) if only is None else self.outside(features) & only
         if not outside.any():
             return
         row = int(np.argmax(outside))

@@ -15,7 +15,8 @@ import numpy as np
 from scipy.stats import chi2, spearmanr, wasserstein_distance
 
 from .errors import DataError
-from .geometry import GRID, MIN_MEAN_COUNTS, N_CHANNELS, PIXEL_CENTRES_CM
+from . import geometry
+from .geometry import MIN_MEAN_COUNTS, N_CHANNELS
 from .species import ELECTROMAGNETIC, HADRONIC, shower_class
 
 SPREAD_FLOOR = 1e-6  # keeps log(generated / real spread) finite for a fully collapsed model
@@ -123,14 +124,15 @@ def selectivity(real_totals: np.ndarray, generated_totals: np.ndarray, pdg: np.n
 
 
 def shower_centres(counts: np.ndarray) -> np.ndarray:
-    """Count-weighted centre (x, y) in cm from the face centre of responses (..., 44, 44); x runs
-    along the columns, y up the rows (row 0 at the top). NaN for empty responses."""
+    """Count-weighted centre (x, y) in cm from the face centre of responses (..., rows, columns)
+    of either detector; x runs along the columns, y up the rows (row 0 at the top). NaN for empty
+    responses."""
     counts = np.asarray(counts, dtype=np.float64)
-    position = PIXEL_CENTRES_CM
+    det = geometry.for_shape(counts.shape[-2:])
     total = counts.sum((-2, -1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        x = (counts.sum(-2) * position).sum(-1) / total
-        y = (counts.sum(-1) * -position).sum(-1) / total
+        x = (counts.sum(-2) * det.pixel_x_cm).sum(-1) / total
+        y = (counts.sum(-1) * det.pixel_y_cm).sum(-1) / total
     return np.stack([x, y], -1)
 
 

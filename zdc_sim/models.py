@@ -1,4 +1,5 @@
-"""Conditional generator and discriminator for the 44 x 44 ZN response.
+"""Conditional generator and discriminator for one calorimeter's response image (ZN 44 x 44, ZP
+56 x 30: the detector is part of the model's config, and every size is read from its definition).
 
 Both take the 9 standardised particle features. A fixed `Conditioner` in front of each adds the
 quantities a particle's response actually depends on and that a small MLP finds hard to compute
@@ -20,11 +21,11 @@ from torch import nn
 
 from .errors import ConfigError
 from .features import INDEX, N_FEATURES, Standardizer
-from .geometry import GRID, N_CHANNELS, PITCH_CM, PIXEL_CENTRES_CM, channel_sums
+from . import geometry
+from .geometry import N_CHANNELS, channel_sums
 
 N_DERIVED = 6
 CONDITION_DIM = N_FEATURES + N_DERIVED
-COARSE = GRID // 4  # the generator's first feature map is 11 x 11, upsampled twice to 44 x 44
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ModelConfig:
                   fight for (the first design's showers put 8 % there and 0.6 % beyond 3 cm against 1.5 %).
     """
 
+    detector: str = "zn"
     latent_dim: int = 10
     width: int = 12
     hidden: int = 256
@@ -65,6 +67,7 @@ class ModelConfig:
     envelope: str = "fitted"
 
     def __post_init__(self):
+        geometry.detector(self.detector)  # ConfigError for an unknown one
         if self.halo and not self.impact_frame:
             raise ConfigError("halo needs impact_frame (the halo is centred on the impact point)")
         if self.upsample not in ("nearest", "transposed"):
@@ -81,9 +84,24 @@ class ModelConfig:
         return cls(**{**LEGACY, **values})
 
     @property
+    def geometry(self) -> geometry.Detector:
+        return geometry.detector(self.detector)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the response image."""
+        return self.geometry.shape
+
+    @property
+    def coarse(self) -> tuple[int, int]:
+        """The generator's first feature map, upsampled twice (x4) to cover the image (ZN 11 x 11
+        -> 44 x 44; ZP 8 x 14 -> 32 x 56, of which the middle 30 rows are kept)."""
+        return -(-self.shape[0] // 4), -(-self.shape[1] // 4)
+
+    @property
     def noise_dim(self) -> int:
         """Photon-noise inputs per sample (one standard normal per fibre), 0 without photon noise."""
-        return GRID * GRID if self.photon_noise else 0
+        return self.geometry.n_pixels if self.photon_noise else 0
 
     @property
     def random_dim(self) -> int:
@@ -192,9 +210,10 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         w, h, latent = config.width, config.hidden, config.latent_dim
+        det = config.geometry
         self.conditioner = Conditioner()
         inputs = latent + CONDITION_DIM
-        self.dense = nn.Sequential(mlp([inputs, h, h, 4 * w * COARSE * COARSE]), nn.LeakyReLU(0.2))
+        self.dense = nn.Sequential(mlp([inputs, h, h, 4 * w * config.coarse[0] * config.coarse[1]]), nn.LeakyReLU(0.2))
         if config.upsample == "nearest":
             self.upsample = nn.Sequential(
                 nn.Upsample(scale_factor=2), nn.Conv2d(4 * w, 2 * w, 3, padding=1), nn.LeakyReLU(0.2),  # 22
@@ -223,18 +242,19 @@ class Generator(nn.Module):
         if config.impact_frame:
             self.register_buffer("impact_weight", torch.zeros(2, CONDITION_DIM))
             self.register_buffer("impact_bias", torch.zeros(2))
-            offset = torch.tensor(PIXEL_CENTRES_CM, dtype=torch.float32)
-            r2 = offset[:, None] ** 2 + offset[None, :] ** 2
+            x = torch.tensor(det.pixel_x_cm, dtype=torch.float32)
+            y = torch.tensor(det.pixel_y_cm, dtype=torch.float32)
+            r2 = y[:, None] ** 2 + x[None, :] ** 2
             self.register_buffer("prior", (-r2 / (2 * PRIOR_CM**2)).reshape(1, -1))
-            self.register_buffer("pixel_index", torch.arange(GRID, dtype=torch.float32))
+            self.register_buffer("pixel_index", torch.arange(det.shape[1], dtype=torch.float32))  # columns
+            self.register_buffer("row_index", torch.arange(det.shape[0], dtype=torch.float32), persistent=False)
         if config.halo:
             self.halo = mlp([inputs, h // 4, 2])  # logit of the halo's share, log of its width (cm)
             nn.init.zeros_(self.halo[-1].weight)
             with torch.no_grad():  # start as a small (5 %) halo of 1.2 cm
                 self.halo[-1].bias.copy_(torch.tensor([-3.0, float(np.log(1.2))]))
-            centres = torch.tensor(PIXEL_CENTRES_CM, dtype=torch.float32)
-            self.register_buffer("pixel_x", centres)  # columns, left to right
-            self.register_buffer("pixel_y", centres.flip(0))  # rows, top (high y) to bottom
+            self.register_buffer("pixel_x", torch.tensor(det.pixel_x_cm, dtype=torch.float32))  # columns, left to right
+            self.register_buffer("pixel_y", torch.tensor(det.pixel_y_cm, dtype=torch.float32))  # rows, top (high y) to bottom
         self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
         # Post-processing factor on the latent the shape stack reads (the total head reads it as it
         # is): fitted after training (training/calibrate.py), since adversarial training leaves the
@@ -275,14 +295,19 @@ class Generator(nn.Module):
         condition = self.conditioner(features)
         inputs = self.gated_inputs(z, condition)
         shape_inputs = torch.cat([inputs[:, : config.latent_dim] * self.shape_temperature, condition], 1)
-        h = self.dense(shape_inputs).view(-1, 4 * config.width, COARSE, COARSE)
+        rows, cols = config.shape
+        h = self.dense(shape_inputs).view(-1, 4 * config.width, *config.coarse)
         if next(self.upsample.parameters()).is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)  # see Simulator: faster CPU kernels
-        logits = self.upsample(h).flatten(1)  # no batch size in the graph: ONNX export keeps it dynamic
+        canvas = self.upsample(h)
+        if config.coarse != (rows // 4, cols // 4) or rows % 4 or cols % 4:  # the ZP: the middle of the x4 canvas
+            top, left = (4 * config.coarse[0] - rows) // 2, (4 * config.coarse[1] - cols) // 2
+            canvas = canvas[..., top : top + rows, left : left + cols]
+        logits = canvas.flatten(1)  # no batch size in the graph: ONNX export keeps it dynamic
         log_total = self.log_total(inputs, condition)
         if not config.impact_frame:
-            return torch.exp(log_total + torch.log_softmax(logits, dim=1)).view(-1, GRID, GRID)
-        shape = torch.softmax(logits + self.prior, dim=1).view(-1, 1, GRID, GRID)
+            return torch.exp(log_total + torch.log_softmax(logits, dim=1)).view(-1, rows, cols)
+        shape = torch.softmax(logits + self.prior, dim=1).view(-1, 1, rows, cols)
         impact = self.impact_point(features)
         on_face = self._to_face(shape, impact)
         if config.halo:
@@ -302,17 +327,17 @@ class Generator(nn.Module):
         inv = 1.0 / (2 * width[:, None] ** 2)
         gx = torch.exp(-((self.pixel_x[None, :] - impact[:, :1]) ** 2) * inv)  # (N, 44) columns
         gy = torch.exp(-((self.pixel_y[None, :] - impact[:, 1:]) ** 2) * inv)  # (N, 44) rows
-        norm = PITCH_CM**2 / (2 * np.pi * width**2)
+        norm = self.config.geometry.pitch_cm**2 / (2 * np.pi * width**2)
         return norm[:, None, None] * gy[:, :, None] * gx[:, None, :]
 
     def _to_face(self, shape: torch.Tensor, impact: torch.Tensor) -> torch.Tensor:
         """Translate shapes drawn centred on a 44 x 44 canvas so that their centre lands on the
         impact point (bilinear, mass-preserving inside the face; what leaves the canvas is lost)."""
-        shift_col = -impact[:, 0] / PITCH_CM  # x runs along columns
-        shift_row = impact[:, 1] / PITCH_CM  # y runs up, rows down
-        scale = 2.0 / (GRID - 1)
-        cols = (self.pixel_index[None, None, :] + shift_col[:, None, None]) * scale - 1
-        rows = (self.pixel_index[None, :, None] + shift_row[:, None, None]) * scale - 1
+        det = self.config.geometry
+        shift_col = -impact[:, 0] / det.pitch_cm  # x runs along columns
+        shift_row = impact[:, 1] / det.pitch_cm  # y runs up, rows down
+        cols = (self.pixel_index[None, None, :] + shift_col[:, None, None]) * (2.0 / (det.shape[1] - 1)) - 1
+        rows = (self.row_index[None, :, None] + shift_row[:, None, None]) * (2.0 / (det.shape[0] - 1)) - 1
         grid = torch.stack(torch.broadcast_tensors(cols, rows), -1)
         return F.grid_sample(shape, grid.to(shape.dtype), mode="bilinear", padding_mode="zeros",
                              align_corners=True)[:, 0]
@@ -324,7 +349,7 @@ class Generator(nn.Module):
         mean = self.mean_counts(random[:, :latent], features)
         if not self.config.photon_noise:
             return mean, mean
-        return photon_counts(mean, random[:, latent:].reshape(-1, GRID, GRID)), mean
+        return photon_counts(mean, random[:, latent:].reshape(-1, *self.config.shape)), mean
 
     def counts(self, random: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Photon counts (N, 44, 44): what the Simulator returns."""
@@ -354,7 +379,7 @@ class Discriminator(nn.Module):
         self.config = config
         w, h = config.disc_width, config.hidden
         self.conditioner = Conditioner()
-        self.conv = image_encoder(w, h, stages=3)  # 44 -> 22 -> 11 -> 5
+        self.conv = image_encoder(w, h, stages=3, shape=config.shape)  # ZN 44 -> 22 -> 11 -> 5
         self.head = mlp([h + N_CHANNELS + 2 + CONDITION_DIM, h, 1])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -382,22 +407,23 @@ class Encoder(nn.Module):
         super().__init__()
         w, h = config.disc_width, config.hidden
         self.conditioner = Conditioner()
-        self.conv = image_encoder(w, h, stages=2)  # 44 -> 22 -> 11
+        self.conv = image_encoder(w, h, stages=2, shape=config.shape)  # ZN 44 -> 22 -> 11
         self.head = mlp([h + CONDITION_DIM, h, config.latent_dim])
 
     def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.conv(images), self.conditioner(features)], 1))
 
 
-def image_encoder(width: int, hidden: int, stages: int) -> nn.Sequential:
-    """A 44 x 44 image -> (N, hidden): `stages` stride-2 4 x 4 convolutions of width, 2 x width, ...
-    channels (44 -> 22 -> 11 -> 5), then one dense layer; what the discriminator and IID's encoder read."""
+def image_encoder(width: int, hidden: int, stages: int, shape: tuple[int, int]) -> nn.Sequential:
+    """An image (rows, columns) -> (N, hidden): `stages` stride-2 4 x 4 convolutions of width,
+    2 x width, ... channels (each halves both sides, rounding down: ZN 44 -> 22 -> 11 -> 5), then one
+    dense layer; what the discriminator and IID's encoder read."""
     layers: list[nn.Module] = []
-    channels, size = 1, GRID
+    channels, (rows, cols) = 1, shape
     for k in range(stages):
         layers += [nn.Conv2d(channels, width * 2**k, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
-        channels, size = width * 2**k, size // 2
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.LeakyReLU(0.2))
+        channels, rows, cols = width * 2**k, rows // 2, cols // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * rows * cols, hidden), nn.LeakyReLU(0.2))
 
 
 def generator_flops_per_sample(config: ModelConfig = ModelConfig()) -> int:
@@ -405,13 +431,13 @@ def generator_flops_per_sample(config: ModelConfig = ModelConfig()) -> int:
     translation and photon statistics ignored)."""
     model = Generator(config)
     macs = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    size = COARSE
+    area = config.coarse[0] * config.coarse[1]
     for module in model.upsample:
         if isinstance(module, nn.Upsample):
-            size *= 2
+            area *= 4
         elif isinstance(module, nn.ConvTranspose2d):
-            macs += size * size * module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
-            size *= 2
+            macs += area * module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+            area *= 4
         elif isinstance(module, nn.Conv2d):
-            macs += size * size * module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+            macs += area * module.in_channels * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
     return 2 * macs

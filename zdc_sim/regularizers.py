@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .geometry import GRID, MIN_MEAN_COUNTS, channel_sums
+from .geometry import MIN_MEAN_COUNTS, channel_sums
 
 DISTANCE_EPS = 1e-2  # keeps SDI's d_z / d_x finite when two generated samples are identical
 
@@ -233,11 +233,12 @@ def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str
     ids, inverse, counts = np.unique(np.asarray(particle_id), return_inverse=True, return_counts=True)
     index = torch.as_tensor(inverse, dtype=torch.long)
     n = torch.as_tensor(counts, dtype=torch.float64)
+    image_shape = np.shape(log_images)[-2:]
     x = torch.as_tensor(np.asarray(log_images).reshape(len(inverse), -1))
     if kind == "relative":
         x = torch.expm1(x.double()).sum(1, keepdim=True)
     elif kind == "channels":
-        x = torch.cat([channel_sums(torch.expm1(x[i : i + 8192].double().reshape(-1, GRID, GRID)))
+        x = torch.cat([channel_sums(torch.expm1(x[i : i + 8192].double().reshape(-1, *image_shape)))
                        for i in range(0, len(x), 8192)])
     total = torch.zeros(len(ids), x.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)

@@ -22,15 +22,20 @@ from uproot.deserialization import DeserializationError
 from . import features as feat
 from .atomic import atomic_output
 from .errors import ConfigError, FeatureError, RootFileError, ZdcError
-from .geometry import GRID, SHAPE
+from . import geometry
 
 TREE = "zdc"
-FEATURES, PDG, PARTICLE_ID, RESPONSE = "features", "pdg", "particle_id", "response"
-PARTS = (FEATURES, PDG, PARTICLE_ID, RESPONSE)
-COLUMNS = feat.NAMES + (PDG, PARTICLE_ID, RESPONSE)  # logical names of every branch
+FEATURES, PDG, PARTICLE_ID = "features", "pdg", "particle_id"
+# One response branch per detector; files written before the ZP existed hold the ZN's as "response".
+RESPONSES = {name: f"response_{name}" for name in geometry.DETECTORS}
+RESPONSE_ZN, RESPONSE_ZP = RESPONSES["zn"], RESPONSES["zp"]
+RESPONSE = RESPONSE_ZN  # the default detector's
+LEGACY_RESPONSE = "response"
+PARTS = (FEATURES, PDG, PARTICLE_ID, *RESPONSES.values())
+ZN_PARTS = (FEATURES, PDG, PARTICLE_ID, RESPONSE_ZN)
+COLUMNS = feat.NAMES + (PDG, PARTICLE_ID, *RESPONSES.values())  # logical names of every branch
 READ_STEP_ENTRIES = 4096  # entries per chunk when reading: about 32 MB of responses
 WRITE_BASKET_ENTRIES = 16384  # entries per basket when writing (>= 64 kB for scalar branches)
-RESPONSE_TYPE = np.dtype((np.float32, SHAPE))
 COMPRESSIONS = {"zlib": uproot.ZLIB, "lzma": uproot.LZMA, "lz4": uproot.LZ4, "zstd": uproot.ZSTD}
 DATASET_COMPRESSION = "zlib:1"  # uproot's default; reference-MC counts (integers) shrink 5.8x
 
@@ -47,6 +52,8 @@ class Schema:
     def from_branch_map(cls, mapping: Mapping) -> "Schema":
         unknown = set(mapping) - {"tree", "branches"}
         renames = dict(mapping.get("branches", {}))
+        if LEGACY_RESPONSE in renames:  # branch maps written before the ZP: "response" is the ZN's
+            renames.setdefault(RESPONSE_ZN, renames.pop(LEGACY_RESPONSE))
         unknown |= {f"branches.{k}" for k in set(renames) - set(COLUMNS)}
         if unknown:
             raise ConfigError(
@@ -64,6 +71,24 @@ class Schema:
 
     def branch(self, column: str) -> str:
         return self.branches[column]
+
+    def resolved(self, tree) -> "Schema":
+        """This schema for one tree: a file that has no `response_zn` but a `response` branch (the
+        format before the ZP) has its ZN responses read from `response`."""
+        present = set(tree.keys())
+        if self.branches[RESPONSE_ZN] == RESPONSE_ZN and RESPONSE_ZN not in present and LEGACY_RESPONSE in present:
+            return Schema(self.tree, {**self.branches, RESPONSE_ZN: LEGACY_RESPONSE})
+        return self
+
+
+def response_part(detector) -> str:
+    """The part (and default branch) holding `detector`'s responses: 'response_zn' or 'response_zp'."""
+    return RESPONSES[geometry.detector(detector).name]
+
+
+def response_type(detector) -> np.dtype:
+    """float32[rows][columns] of `detector`."""
+    return np.dtype((np.float32, geometry.detector(detector).shape))
 
 
 def _columns_of(parts) -> list[str]:
@@ -118,17 +143,21 @@ def _check_branches(tree, path, schema: Schema, columns) -> None:
                 "missing branch", file=path, tree=schema.tree, branch=name,
                 expected=f"the '{column}' column", found=f"branches {close} (closest by name)",
             )
-    if RESPONSE in columns:
-        branch = tree[schema.branch(RESPONSE)]
+    for name, part in RESPONSES.items():
+        if part not in columns:
+            continue
+        det = geometry.detector(name)
+        branch = tree[schema.branch(part)]
         interp = branch.interpretation
         fixed = getattr(interp, "to_dtype", None)
         content = getattr(interp, "content", None)  # jagged branches: float[] or vector<float>
-        ok_fixed = fixed is not None and fixed.base == np.float32 and fixed.shape in (SHAPE, (GRID * GRID,))
+        ok_fixed = fixed is not None and fixed.base == np.float32 and fixed.shape in (det.shape, (det.n_pixels,))
         ok_jagged = content is not None and getattr(content, "to_dtype", None) == np.float32
         if not (ok_fixed or ok_jagged):
             raise RootFileError(
                 "wrong response type", file=path, tree=schema.tree, branch=branch.name,
-                expected=f"float[{GRID}][{GRID}] (or {GRID * GRID} float32 values per entry)",
+                expected=f"float[{det.shape[0]}][{det.shape[1]}] (or {det.n_pixels} float32 values per entry, "
+                         f"the {det.name.upper()}'s image)",
                 found=branch.typename,
             )
 
@@ -149,11 +178,13 @@ def num_entries(path, schema: Schema = Schema()) -> int:
         return int(tree.num_entries)
 
 
-def iterate(path, schema: Schema = Schema(), parts=PARTS, step_size: int = READ_STEP_ENTRIES,
+def iterate(path, schema: Schema = Schema(), parts=ZN_PARTS, step_size: int = READ_STEP_ENTRIES,
             entry_start: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Yield validated chunks {part: array} of at most `step_size` entries: features (n, 9)
-    float32, pdg (n,) int32, particle_id (n,) int64, response (n, 44, 44) float32."""
+    float32, pdg (n,) int32, particle_id (n,) int64, response_zn / response_zp (n, rows, columns)
+    float32 (by default the ZN's only)."""
     with open_tree(path, schema) as tree:
+        schema = schema.resolved(tree)
         columns = _columns_of(parts)
         _check_branches(tree, path, schema, columns)
         names = {schema.branch(c): c for c in columns}
@@ -188,22 +219,22 @@ def _to_parts(arrays, names, parts, path, schema, start) -> dict[str, np.ndarray
                 raise RootFileError(f"wrong {part} type", file=path, tree=schema.tree,
                                     branch=schema.branch(part), expected="an integer branch", found=str(values.dtype))
             out[part] = values.astype(dtype)
-    if RESPONSE in parts:
-        out[RESPONSE] = _response(columns[RESPONSE], path, schema, start)
+    for name, part in RESPONSES.items():
+        if part in parts:
+            out[part] = _response(columns[part], geometry.detector(name), path, schema.branch(part), schema, start)
     return out
 
 
-def _response(values, path, schema, start) -> np.ndarray:
-    branch = schema.branch(RESPONSE)
+def _response(values, det, path, branch, schema, start) -> np.ndarray:
     if values.ndim == 2 and not isinstance(values.type.content, ak.types.RegularType):
         counts = ak.to_numpy(ak.num(values))
-        bad = np.flatnonzero(counts != GRID * GRID)
+        bad = np.flatnonzero(counts != det.n_pixels)
         if len(bad):
             raise RootFileError("wrong response shape", file=path, tree=schema.tree, branch=branch,
-                                expected=f"{GRID * GRID} values per entry",
+                                expected=f"{det.n_pixels} values per entry",
                                 found=f"{counts[bad[0]]} values at entry {start + bad[0]}")
         values = ak.flatten(values)
-    array = np.asarray(ak.to_numpy(values), dtype=np.float32).reshape(-1, *SHAPE)
+    array = np.asarray(ak.to_numpy(values), dtype=np.float32).reshape(-1, *det.shape)
     bad = ~np.isfinite(array)
     if bad.any():
         entry, i, j = np.argwhere(bad)[0]
@@ -218,12 +249,13 @@ def _response(values, path, schema, start) -> np.ndarray:
     return array
 
 
-def dataset_branch_types(schema: Schema = Schema()) -> dict[str, np.dtype]:
-    """Branch types of the dataset tree: 9 float32 features, pdg, particle_id, response."""
+def dataset_branch_types(schema: Schema = Schema(), detectors=tuple(geometry.DETECTORS)) -> dict[str, np.dtype]:
+    """Branch types of the dataset tree: 9 float32 features, pdg, particle_id, one response per detector."""
     types = {schema.branch(n): np.dtype(np.float32) for n in feat.NAMES}
     types[schema.branch(PDG)] = np.dtype(np.int32)
     types[schema.branch(PARTICLE_ID)] = np.dtype(np.int64)
-    types[schema.branch(RESPONSE)] = RESPONSE_TYPE
+    for det in detectors:
+        types[schema.branch(response_part(det))] = response_type(det)
     return types
 
 
@@ -327,9 +359,16 @@ class RootWriter:
 
 def write_dataset(path, chunks: Iterable[Mapping[str, np.ndarray]], schema: Schema = Schema(),
                   provenance: Mapping | None = None) -> int:
-    """Write {features, pdg, particle_id, response} chunks as the dataset tree; returns entries."""
+    """Write {features, pdg, particle_id, response_zn and/or response_zp} chunks as the dataset
+    tree (the response branches are those of the first chunk); returns entries."""
     objects = {"provenance": json.dumps(provenance, sort_keys=True)} if provenance else None
-    with RootWriter(path, dataset_branch_types(schema), tree=schema.tree, objects=objects) as writer:
+    chunks = iter(chunks)
+    first = next(chunks, None)
+    if first is None:
+        raise ZdcError(f"nothing to write to '{path}': no chunks")
+    detectors = [name for name, part in RESPONSES.items() if part in first]
+    with RootWriter(path, dataset_branch_types(schema, detectors), tree=schema.tree, objects=objects) as writer:
+        writer.write(flatten_parts(first, schema))
         for chunk in chunks:
             writer.write(flatten_parts(chunk, schema))
     return writer.entries

@@ -1,9 +1,16 @@
 """The one object everything that simulates goes through: load a trained generator, simulate
 responses for particles, on CPU or CUDA, in batches.
 
-    sim = Simulator.load()                       # the default model shipped with the package
+    sim = Simulator.load()                       # the shipped ZN model; Simulator.load("zp") the ZP's
     out = sim.simulate(features, seed=1)         # features (N, 9) in the units of zdc_sim.features
-    out.counts, out.channels                     # (N, 44, 44) photon counts, (N, 5) PMT channel sums
+    out.counts, out.channels                     # (N, rows, columns) photon counts, (N, 5) PMT channel sums
+    out.reached                                  # (N,) which particles reach the detector at all
+
+A particle flying to the C side (pz <= 0) is simulated by the C-side calorimeter, the A side's
+mirror image through z = 0: the model sees its mirror image, and the response is returned in the
+global x-y frame, where the two are the same image. A particle that does not reach the detector
+(zdc_sim.geometry.reaches: the bend of the separator dipole, the face and a margin) gets an empty
+response without running the model, as in the reference Monte Carlo.
 """
 
 from __future__ import annotations
@@ -15,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, features
+from . import checkpoint, features, geometry
 from .engines import make_engine, seeded_normals
 from .errors import ZdcError
 from .exports.onnx import random_feeds
-from .geometry import SHAPE, channel_sums
+from .geometry import channel_sums
 from .models import Generator, ModelConfig
 
 DEFAULT_BATCH = 4096  # rows per forward pass on CUDA
@@ -28,9 +35,13 @@ CPU_BATCH = 128
 WARMUP_PARTICLE = np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]], np.float32)  # a 2.5 TeV neutron
 
 
-def default_model_path() -> Path:
-    """The default model shipped inside the package (see zdc_sim/default_model/README.md)."""
-    return Path(str(resources.files("zdc_sim") / "default_model" / "model.safetensors"))
+SHIPPED = {"zn": "model.safetensors", "zp": "zp.safetensors"}  # in zdc_sim/default_model/
+
+
+def default_model_path(detector: str = "zn") -> Path:
+    """The model shipped inside the package for `detector` (see zdc_sim/default_model/README.md)."""
+    name = SHIPPED[geometry.detector(detector).name]
+    return Path(str(resources.files("zdc_sim") / "default_model" / name))
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -44,8 +55,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 @dataclass(frozen=True)
 class Simulation:
-    counts: np.ndarray  # (N, 44, 44) float32 photon counts
+    counts: np.ndarray  # (N, rows, columns) float32 photon counts (ZN 44 x 44, ZP 30 x 56)
     channels: np.ndarray  # (N, 5) float32 channel sums (towers 1-4, common)
+    reached: np.ndarray | None = None  # (N,) bool: the particle reaches the detector (else all zeros)
 
 
 class Simulator:
@@ -64,6 +76,7 @@ class Simulator:
         self.standardizer = standardizer
         self.bf16, self.batch_size = bf16, batch_size
         self.metadata = metadata or {}
+        self.detector = generator.config.geometry
         ranges = self.metadata.get("feature_ranges")
         self.domain = features.Domain.from_dict(ranges) if ranges else None  # None: checkpoints before ranges
         self.engine = make_engine(engine, generator, standardizer, self.device, batch_size=batch_size, bf16=bf16,
@@ -80,11 +93,14 @@ class Simulator:
     @classmethod
     def load(cls, path=None, *, device=None, bf16: bool = False, batch_size: int | None = None,
              compile: bool = False, engine: str = "torch") -> "Simulator":
-        """Load a checkpoint written by `zdc-sim train` (best or last), or the default model.
+        """Load a checkpoint written by `zdc-sim train` (best or last), or a shipped model: `path`
+        None or 'zn' for the ZN's, 'zp' for the ZP's (the checkpoint names its detector).
         `engine`: 'torch' (CPU or CUDA), 'onnxruntime' (CPU; the exported graph, zdc_sim/engines.py)
         or 'auto' (ONNX Runtime on CPU in fp32, else torch): ONNX Runtime is faster for single
         particles, torch for batches (docs/benchmarks.md)."""
-        path = default_model_path() if path is None else Path(path)
+        if path is None or str(path).lower() in geometry.DETECTORS:
+            path = default_model_path(path or "zn")
+        path = Path(path)
         tensors, meta = checkpoint.load(path)
         meta = {**meta, "checksum": checkpoint.file_fingerprint(path), "path": str(path)}
         try:
@@ -127,16 +143,22 @@ class Simulator:
             self.check_domain(raw)
         return self.simulate_draws(raw, self.draws(len(raw), seed))
 
+    def reaches(self, raw_features: np.ndarray) -> np.ndarray:
+        """(N,) True for the particles that reach this model's detector, on either side."""
+        return geometry.reaches(raw_features, self.detector)
+
     def outside_domain(self, raw_features: np.ndarray) -> np.ndarray:
-        """(N,) True for rows outside the trained feature ranges (all False without recorded ranges)."""
+        """(N,) True for rows outside the trained feature ranges (all False without recorded ranges):
+        only particles that reach the detector count, as the A side sees them."""
         if self.domain is None:
             return np.zeros(len(raw_features), bool)
-        return self.domain.outside(raw_features)
+        return self.domain.outside(geometry.to_a_side(raw_features)) & self.reaches(raw_features)
 
     def check_domain(self, raw_features: np.ndarray, source: str = "features") -> None:
-        """DomainError for the first row outside the trained feature ranges."""
+        """DomainError for the first row that reaches the detector and lies outside the trained
+        feature ranges; a C-side particle is named as the A side sees it (vz and pz negated)."""
         if self.domain is not None:
-            self.domain.check(raw_features, source=source)
+            self.domain.check(geometry.to_a_side(raw_features), source=source, only=self.reaches(raw_features))
 
     def draws(self, n: int, seed: int | None = None, start: int = 0) -> np.ndarray:
         """The random draws of rows start .. start + n - 1 for `seed` (random if None): (n,
@@ -154,12 +176,20 @@ class Simulator:
     @torch.inference_mode()
     def simulate_draws(self, raw_features: np.ndarray, draws: np.ndarray) -> Simulation:
         """Simulate already validated features with given draws: lets callers (the service's
-        dynamic batcher, export) run many seeded requests in one pass with the same results."""
-        counts = np.empty((len(raw_features), *SHAPE), np.float32)
-        for start in range(0, len(raw_features), self.batch_size):
-            stop = start + self.batch_size
-            counts[start:stop] = self.engine.counts(raw_features[start:stop], draws[start:stop])
-        return Simulation(counts, channel_sums(counts).astype(np.float32))
+        dynamic batcher, export) run many seeded requests in one pass with the same results.
+        Row k always uses draws[k], so which other rows reach the detector changes nothing."""
+        reached = self.reaches(raw_features)
+        counts = np.zeros((len(raw_features), *self.detector.shape), np.float32)
+        rows = np.flatnonzero(reached)
+        if len(rows):
+            mirrored = geometry.to_a_side(raw_features[rows])
+            picked = draws[rows]
+            out = np.empty((len(rows), *self.detector.shape), np.float32)
+            for start in range(0, len(rows), self.batch_size):
+                stop = start + self.batch_size
+                out[start:stop] = self.engine.counts(mirrored[start:stop], picked[start:stop])
+            counts[rows] = out
+        return Simulation(counts, channel_sums(counts).astype(np.float32), reached)
 
     @property
     def model_version(self) -> str:

@@ -23,7 +23,19 @@ SPECIES = {
     22: ("gamma", 0.0, 0, ELECTROMAGNETIC),
     11: ("e-", 0.511, -1, ELECTROMAGNETIC),
     -11: ("e+", 0.511, 1, ELECTROMAGNETIC),
+    # Light nuclear fragments of the beam nuclei (PDG ion codes 100ZZZAAA0; nuclear masses).
+    1000010020: ("deuteron", 1875.613, 1, HADRONIC),
+    1000010030: ("triton", 2808.921, 1, HADRONIC),
+    1000020030: ("helium3", 2808.391, 2, HADRONIC),
+    1000020040: ("alpha", 3727.379, 2, HADRONIC),
 }
+def nucleons(pdg) -> np.ndarray:
+    """Mass number A of each pdg code: from the ion code 100ZZZAAA0, 1 for a nucleon, 0 otherwise."""
+    pdg = np.asarray(pdg, dtype=np.int64)
+    ion = pdg >= 1000000000
+    return np.where(ion, (pdg // 10) % 1000, np.isin(pdg, (2112, 2212)).astype(np.int64))
+
+
 EM_PDG = tuple(p for p, s in SPECIES.items() if s[3] == ELECTROMAGNETIC)
 
 

@@ -7,22 +7,39 @@ from collections import Counter
 
 import numpy as np
 
-from . import geometry, rootio, metrics, reference, species
+from . import features as feat
+from . import geometry, rootio, metrics, species
 
 
-def summarize(path, schema: rootio.Schema = rootio.Schema()) -> dict:
-    ids, pdgs, channels, hits = [], [], [], []
-    for chunk in rootio.iterate(path, schema):
+def detectors_in(path, schema: rootio.Schema = rootio.Schema()) -> list[str]:
+    """The detectors whose response branch the file holds (a pre-ZP file's `response` is the ZN's)."""
+    with rootio.open_tree(path, schema) as tree:
+        resolved, present = schema.resolved(tree), set(tree.keys())
+        return [name for name, part in rootio.RESPONSES.items() if resolved.branch(part) in present]
+
+
+def summarize(path, schema: rootio.Schema = rootio.Schema(), detector: str = "zn") -> dict:
+    """Statistics of `detector`'s responses in a file, and of its particles' features."""
+    det = geometry.detector(detector)
+    response = rootio.response_part(det)
+    ids, pdgs, channels, hits, moments = [], [], [], [], np.zeros((3, feat.N_FEATURES))
+    for chunk in rootio.iterate(path, schema, parts=(rootio.FEATURES, rootio.PDG, rootio.PARTICLE_ID, response)):
         ids.append(chunk[rootio.PARTICLE_ID])
         pdgs.append(chunk[rootio.PDG])
-        channels.append(geometry.channel_sums(chunk[rootio.RESPONSE]).astype(np.float32))
-        hits.append(reference.hits_face(chunk[rootio.FEATURES]))
+        channels.append(geometry.channel_sums(chunk[response]).astype(np.float32))
+        hits.append(geometry.reaches(chunk[rootio.FEATURES], det, margin_cm=0.0))
+        x = chunk[rootio.FEATURES].astype(np.float64)
+        moments += [np.full(feat.N_FEATURES, len(x)), x.sum(0), (x**2).sum(0)]
     particle_id, pdg = np.concatenate(ids), np.concatenate(pdgs)
     channels, hit = np.concatenate(channels), np.concatenate(hits)
     totals = channels.sum(axis=1, dtype=np.float64)
+    mean = moments[1] / moments[0]
+    std = np.sqrt(np.maximum(moments[2] / moments[0] - mean**2, 0.0))
 
     out = {
         "file": str(path),
+        "detector": det.name,
+        "features": {name: {"mean": float(m), "std": float(s)} for name, m, s in zip(feat.NAMES, mean, std)},
         "entries": int(len(particle_id)),
         "particles": int(len(np.unique(particle_id))),
         "channels": {
@@ -65,14 +82,17 @@ def summarize(path, schema: rootio.Schema = rootio.Schema()) -> dict:
 
 def format_summary(s: dict) -> str:
     lines = [
-        f"file              {s['file']}",
+        f"file              {s['file']}  ({s.get('detector', 'zn').upper()} responses)",
         f"entries           {s['entries']}",
         f"particles         {s['particles']} ({s['repeats']} repeats each)",
-        f"hit the face      {100 * s['hit_fraction']:.1f} % of entries; median total counts: "
+        f"hit the {s.get('detector', 'zn').upper()} face  {100 * s['hit_fraction']:.1f} % of entries; median total counts: "
         f"hit {s['median_total_hit']}, miss {s['median_total_miss']}",
         "particles by type " + ", ".join(f"{k} {v}" for k, v in s["particles_by_type"].items()),
         "channel sums      " + "mean / std / min / max",
     ]
+    if "features" in s:
+        lines.append("features          " + ", ".join(f"{k} {v['mean']:.4g} / {v['std']:.4g}" for k, v in s["features"].items())
+                     + "  (mean / std)")
     for name, c in s["channels"].items():
         lines.append(f"  {name}       {c['mean']:.1f} / {c['std']:.1f} / {c['min']:.0f} / {c['max']:.0f}")
     if s["median_relative_spread"]:

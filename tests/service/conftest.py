@@ -13,8 +13,9 @@ PARTICLE = [2500.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2500.0, 939.6, 0.0]
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint):
-    settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu", max_batch_size=32,
+def client(tiny_checkpoint, tiny_zp_checkpoint):
+    """Both detectors served: the tiny ZN model and the tiny ZP one."""
+    settings = Settings(checkpoint=str(tiny_checkpoint), zp_checkpoint=str(tiny_zp_checkpoint), device="cpu", max_batch_size=32,
                         max_particles_per_request=100, max_request_bytes=200_000, max_export_particles=50)
     with TestClient(create_app(settings), base_url="http://localhost") as c:
         yield c

@@ -177,7 +177,7 @@ def test_requests_of_gone_clients_or_past_their_deadline_are_dropped_unsimulated
 
 def test_a_client_that_disconnects_while_queued_is_dropped(tiny_checkpoint):
     from service.batcher import ClientGone
-    from service.state import ServiceState
+    from service.state import Served, ServiceState
 
     sim = _small_simulator(tiny_checkpoint)
     feats = features.validate(reference.sample_particles(2, np.random.default_rng(1))[0])
@@ -185,8 +185,9 @@ def test_a_client_that_disconnects_while_queued_is_dropped(tiny_checkpoint):
 
     async def run():
         state = ServiceState(Settings(device="cpu"))
-        state.simulator, state.ready = sim, True
-        state.batcher = DynamicBatcher(sim, 8, 0, 100, observe_dropped=lambda reason, n: dropped.append((reason, n)))
+        batcher = DynamicBatcher(sim, 8, 0, 100, observe_dropped=lambda reason, n: dropped.append((reason, n)))
+        state.served["zn"] = Served("zn", "zdc-zn", sim, batcher)
+        state.ready = True
 
         async def disconnect():
             await asyncio.sleep(0.02)

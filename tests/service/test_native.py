@@ -15,16 +15,39 @@ def test_health_and_metadata(client):
     assert ready.status_code == 200 and ready.json()["model"] == "zdc-zn"
     version = ready.json()["model_version"]
     assert len(version) == 12 and ready.headers["x-model-version"] == version
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
     assert client.get("/v2/health/ready").status_code == 200 and client.get("/v2/health/live").status_code == 200
     meta = client.get("/v2/models/zdc-zn").json()
     assert meta["versions"] == [version] and meta["inputs"][0] == {"name": "FEATURES", "datatype": "FP32", "shape": [-1, 9]}
     assert client.get(f"/v2/models/zdc-zn/versions/{version}/ready").status_code == 200
     assert client.get("/v2/models/zdc-zn/config").json()["max_batch_size"] == 0
     missing = client.get("/v2/models/other")
-    assert missing.status_code == 404 and "expected 'zdc-zn'" in missing.json()["error"]
+    assert missing.status_code == 404 and "expected one of ['zdc-zn', 'zdc-zp']" in missing.json()["error"]
     assert client.get("/v2/models/zdc-zn/versions/0/ready").status_code == 404
-    assert client.get("/v1/models").json()["features"] == list(features.NAMES)
+    models = client.get("/v1/models").json()
+    assert models["features"] == list(features.NAMES) and models["detector"] == "zn"
+    assert {d: m["response_shape"] for d, m in models["models"].items()} == {"zn": [44, 44], "zp": [30, 56]}
+
+
+def test_both_detectors_are_served_and_the_zn_is_the_default(client):
+    index = client.post("/v2/repository/index").json()
+    assert [(m["name"], m["state"]) for m in index] == [("zdc-zn", "READY"), ("zdc-zp", "READY")]
+    zp_meta = client.get("/v2/models/zdc-zp").json()
+    assert zp_meta["outputs"][0] == {"name": "RESPONSES", "datatype": "FP32", "shape": [-1, 30, 56]}
+    assert zp_meta["parameters"]["detector"] == "zp"
+    proton = [2510.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2509.8, 938.272, 1.0]  # bent onto the ZP's centre
+    zp = client.post("/v1/simulate?detector=zp", json={"particles": [proton, PARTICLE], "seed": 7}).json()
+    counts = np.array(zp["responses"], np.float32)
+    assert zp["model"] == "zdc-zp" and zp["detector"] == "zp" and counts.shape == (2, 30, 56)
+    assert counts[0].sum() > 0 and counts[1].sum() == 0  # the neutron never reaches the ZP
+    zn = client.post("/v1/simulate", json={"particles": [proton, PARTICLE], "seed": 7}).json()
+    assert np.array(zn["responses"]).shape == (2, 44, 44) and np.array(zn["responses"])[0].sum() == 0
+    c_side = [PARTICLE[:3] + [-PARTICLE[3]] + PARTICLE[4:6] + [-PARTICLE[6]] + PARTICLE[7:]]
+    mirrored = client.post("/v1/simulate", json={"particles": c_side, "seed": 7}).json()
+    a_side = client.post("/v1/simulate", json={"particles": [PARTICLE], "seed": 7}).json()
+    assert mirrored["responses"] == a_side["responses"]
+    bad = client.post("/v1/simulate?detector=zdc", json={"particles": [PARTICLE]})
+    assert bad.status_code == 422 and "expected one of ['zn', 'zp']" in bad.json()["error"]
 
 
 def test_simulate_json_rows_columns_and_seed(client):
@@ -111,11 +134,17 @@ def test_export_route_round_trip_and_bad_upload(client, tmp_path):
     r = client.post("/v1/export?seed=3", content=(tmp_path / "in.root").read_bytes())
     assert r.status_code == 200 and r.headers["x-model-version"]
     (tmp_path / "got.root").write_bytes(r.content)
-    sim = Simulator.load(client.app.state.zdc.settings.checkpoint, device="cpu")
-    export.export_file(tmp_path / "in.root", tmp_path / "local.root", sim, seed=3, progress=False)
+    settings = client.app.state.zdc.settings
+    sims = {"zn": Simulator.load(settings.checkpoint, device="cpu"), "zp": Simulator.load(settings.zp_checkpoint, device="cpu")}
+    export.export_file(tmp_path / "in.root", tmp_path / "local.root", sims, seed=3, progress=False)
     with uproot.open(tmp_path / "got.root") as got, uproot.open(tmp_path / "local.root") as local:
-        np.testing.assert_allclose(got["zdc"]["response"].array(library="np"),
-                                   local["zdc"]["response"].array(library="np"), rtol=1e-5)
+        for name in ("response_zn", "response_zp", "channels_zp", "reached_zp"):
+            np.testing.assert_allclose(got["zdc"][name].array(library="np"), local["zdc"][name].array(library="np"),
+                                       rtol=1e-5, err_msg=name)
+    only_zp = client.post("/v1/export?seed=3&detectors=zp", content=(tmp_path / "in.root").read_bytes())
+    (tmp_path / "zp.root").write_bytes(only_zp.content)
+    with uproot.open(tmp_path / "zp.root") as got:
+        assert "response_zp" in got["zdc"] and "response_zn" not in got["zdc"]
     bad = client.post("/v1/export", content=b"junk" * 100)
     assert bad.status_code == 422 and "uploaded file" in bad.json()["error"] and "zdc-export-" not in bad.json()["error"]
     big = client.post("/v1/export", content=b"0" * 2048, headers={"Content-Length": str(10**12)})

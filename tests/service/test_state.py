@@ -32,4 +32,4 @@ def test_particles_outside_the_trained_ranges_are_refused_unless_asked_for(clien
 
 def test_model_metadata_publishes_the_trained_ranges(client):
     ranges = client.get("/v1/models").json()["feature_ranges"]
-    assert ranges["names"][0] == "energy" and ranges["low"][0] < 100 < 2500 < ranges["high"][0] < 5000
+    assert ranges["names"][0] == "energy" and ranges["low"][0] < 100 < 2500 < 10000 < ranges["high"][0] < 20000  # alphas: 4 x 2.5 TeV

@@ -13,7 +13,7 @@ from zdc_sim.models import SIZES, Generator, ModelConfig
 
 def _generator_and_particles(n=600, seed=5):
     raw, pdg = reference.sample_particles(4 * n, np.random.default_rng(seed))
-    x_cm, y_cm = reference.impact_point_cm(raw)
+    x_cm, y_cm = geometry.impact_point_cm(raw)
     inside = (np.abs(x_cm) < 1.5) & (np.abs(y_cm) < 1.5)
     raw, pdg, x_cm, y_cm = raw[inside][:n], pdg[inside][:n], x_cm[inside][:n], y_cm[inside][:n]
     std = features.Standardizer.fit(raw)

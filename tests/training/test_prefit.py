@@ -19,7 +19,9 @@ def _prefitted(tiny_file, steps):
     untouched = {k: v.clone() for k, v in generator.state_dict().items()}
     config = TrainConfig(data=str(tiny_file), out="unused", model="tiny", prefit_steps=steps, seed=1)
     residual = prefit(generator, standardizer, x, data, config)
-    showers = data.channels.sum(1) >= geometry.MIN_MEAN_COUNTS
+    with torch.no_grad():  # showers the impact head puts inside the face: those the pre-fit fits
+        inside = (generator.impact_point(x.float()).abs() < 2.5).all(1).numpy()
+    showers = (data.channels.sum(1) >= geometry.MIN_MEAN_COUNTS) & inside
     with torch.no_grad():
         predicted = generator.total_mean(generator.conditioner(x[showers].float()))[:, 0].numpy()
     error = np.sqrt(np.mean((predicted - np.log1p(data.channels.sum(1)[showers])) ** 2))
@@ -30,7 +32,7 @@ def _prefitted(tiny_file, steps):
 def test_prefit_starts_every_head_from_the_data(tiny_file):
     generator, residual, moved, error = _prefitted(tiny_file, steps=200)
     # the impact head fits real shower centres to a fraction of a fibre; the envelope is a profile
-    assert residual is not None and 0 <= residual < 2 * geometry.PITCH_CM
+    assert residual is not None and 0 <= residual < 2 * geometry.ZN.pitch_cm
     assert {"impact_weight", "impact_bias", "prior"} <= moved and float(generator.prior.max()) == 0.0
     assert any(k.startswith("total_mean.") for k in moved) and any(k.startswith("total_scale.") for k in moved)
     assert not any(k.startswith(("dense.", "upsample.")) for k in moved)  # the shape is training's business
