@@ -89,3 +89,35 @@ def test_channel_sums_feed_the_protocol():
     channels = geometry.channel_sums(chunk.response).reshape(30, 4, 5)
     report = metrics.ws_against_floor(channels, channels[:, 2:])
     assert len(report.ws_channels) == 5 and report.ratio_to_floor == pytest.approx(1.0)
+
+
+def _toy(n=3000, k=4, bias=0.0, seed=0):
+    """Channel values of n particles: a per-particle mean and unit noise; generated ones shifted by
+    `bias` (a systematic error that does not shrink with n)."""
+    rng = np.random.default_rng(seed)
+    mean = rng.uniform(10, 20, (n, 1, 5))
+    real = mean + rng.normal(0, 1, (n, k, 5))
+    generated = mean + bias + rng.normal(0, 1, (n, k // 2, 5))
+    return real, generated
+
+
+def test_systematic_ws_finds_a_shift_and_not_sampling_noise():
+    real, faithful = _toy(bias=0.0)
+    _, shifted = _toy(bias=0.3)
+    none, some = metrics.systematic_ws(real, faithful), metrics.systematic_ws(real, shifted)
+    assert none["mean_photons"] < 0.1 and 0.22 < some["mean_photons"] < 0.38  # the shift of 0.3 in every channel
+    assert len(some["photons"]) == 5 and np.allclose(np.array(some["share"]) * real[:, :2].reshape(-1, 5).std(0),
+                                                     some["photons"])
+    low, high = metrics.bootstrap_systematic(real, shifted, resamples=50)
+    assert low < some["mean_photons"] < high and low > 0.1
+
+
+def test_paired_bootstrap_tells_two_models_apart_where_separate_intervals_overlap():
+    real, better = _toy(n=1500, bias=0.1, seed=1)
+    _, worse = _toy(n=1500, bias=0.3, seed=1)
+    paired = metrics.paired_bootstrap(real, better, worse, resamples=100)
+    assert paired["ratio_difference"] < 0 and paired["ratio_interval"][1] < 0  # better is better, surely
+    assert paired["systematic_interval"][1] < 0
+    width = paired["ratio_interval"][1] - paired["ratio_interval"][0]
+    a, b = metrics.bootstrap_ratio(real, better, 100), metrics.bootstrap_ratio(real, worse, 100)
+    assert width < 0.5 * min(a[1] - a[0], b[1] - b[0])

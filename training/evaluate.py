@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 
 from zdc_sim import geometry, rootio, metrics, reference, species
+from zdc_sim.errors import ZdcError
 from zdc_sim.simulator import Simulator
 
 from .data import load
@@ -66,10 +67,13 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
     report = {"ws_mean": ws.ws_mean, "ws_channels": ws.ws_channels, "ws_floor": ws.ws_floor,
               "floor_channels": ws.floor_channels, "ratio_to_floor": ws.ratio_to_floor,
               "ratio_channels": _channel_ratios(ws),
+              "systematic": metrics.systematic_ws(real_channels, generated_channels),
               "calibration": sel.calibration, "spread_bias": sel.spread_bias,
               "selectivity_particles": sel.n_particles, "by_class": {}}
     if bootstrap:
         report["ratio_interval"] = list(metrics.bootstrap_ratio(real_channels, generated_channels, bootstrap))
+        report["systematic"]["mean_photons_interval"] = list(metrics.bootstrap_systematic(real_channels, generated_channels,
+                                                                                           bootstrap))
     classes = species.shower_class(pdg)
     for cls in (species.HADRONIC, species.ELECTROMAGNETIC):
         sel_cls = classes == cls
@@ -107,11 +111,21 @@ def load_particles(path, max_particles: int | None = None, schema: rootio.Schema
 
 def evaluate_file(simulator: Simulator, path, max_particles: int | None = None, samples: int = DEFAULT_SAMPLES,
                   seed: int = 0, ceiling: bool = False, schema: rootio.Schema = rootio.Schema(),
-                  bootstrap: int = BOOTSTRAP, plots=None) -> dict:
-    """Evaluate on a file; `plots`: a folder for the figures a physicist looks at (see plots.py)."""
+                  bootstrap: int = BOOTSTRAP, plots=None, compare: Simulator | None = None) -> dict:
+    """Evaluate on a file; `plots`: a folder for the figures a physicist looks at (see plots.py);
+    `compare`: a second model of the same detector, scored on the same particles and compared with
+    a paired bootstrap (report["comparison"])."""
     feats, pdg, channels, centres = load_particles(path, max_particles, schema, with_centres=True,
                                                    detector=simulator.detector.name)
     report, generated = _evaluate(simulator, feats, pdg, channels, samples, seed, ceiling, centres, bootstrap)
+    if compare is not None:
+        if compare.detector != simulator.detector:
+            raise ZdcError(f"the model to compare with simulates the {compare.detector.name.upper()}; expected a "
+                           f"{simulator.detector.name.upper()} model")
+        other, other_generated = _evaluate(compare, feats, pdg, channels, samples, seed, False, centres, 0)
+        report["comparison"] = {"ratio_to_floor": other["ratio_to_floor"], "ratio_channels": other["ratio_channels"],
+                                "systematic": other["systematic"],
+                                **metrics.paired_bootstrap(channels, generated, other_generated, max(bootstrap, 1))}
     report["data"] = str(path)
     report["detector"] = simulator.detector.name
     if plots is not None:
@@ -130,15 +144,25 @@ def format_report(report: dict) -> str:
     ceiling = report.get("ceiling")
     lines = [f"{report.get('detector', 'zn').upper()}: {report['particles']} particles x {report['repeats']} real repeats, "
              f"{report['samples']} generated samples each"]
+    systematic = report.get("systematic")
     for c, (name, model, floor) in enumerate(zip(geometry.CHANNEL_NAMES, report["ws_channels"],
                                                  report["floor_channels"])):
         perfect = f"   perfect {ceiling['ratio_channels'][c]:.2f}x" if ceiling else ""
-        lines.append(f"  WS {name:<10} {model:12.1f}   floor {floor:10.1f}   {model / max(floor, 1e-12):6.2f}x{perfect}")
+        sys_part = (f"   systematic {systematic['photons'][c]:8.1f} ({100 * systematic['share'][c]:.2f} % of spread)"
+                    if systematic else "")
+        lines.append(f"  WS {name:<10} {model:12.1f}   floor {floor:10.1f}   {model / max(floor, 1e-12):6.2f}x{perfect}{sys_part}")
     interval = ""
     if "ratio_interval" in report:
         interval = " (90 % bootstrap {:.2f}-{:.2f})".format(*report["ratio_interval"])
     lines.append(f"  WS mean            {report['ws_mean']:12.1f}   floor {report['ws_floor']:10.1f}   "
                  f"model / floor {report['ratio_to_floor']:.2f}{interval}")
+    if systematic:
+        interval = ""
+        if "mean_photons_interval" in systematic:
+            interval = " (90 % bootstrap {:.1f}-{:.1f})".format(*systematic["mean_photons_interval"])
+        perfect = f"; perfect simulator {ceiling['systematic']['mean_photons']:.1f}" if ceiling else ""
+        lines.append(f"  systematic WS      {systematic['mean_photons']:12.1f} photons{interval}, "
+                     f"{100 * systematic['mean_share']:.2f} % of the channels' spread{perfect}")
     if ceiling:
         lines.append(f"  perfect simulator  {ceiling['ratio_to_floor']:.2f}x the floor on this set")
     for cls, r in report["by_class"].items():
@@ -154,6 +178,13 @@ def format_report(report: dict) -> str:
         lines.append(f"  EM mean total error (median |gen/real - 1|, {report['em_particles']} particles) "
                      f"{100 * report['em_total_error']:.2f} %"
                      + (f"   (perfect {100 * ceiling['em_total_error']:.2f} %)" if ceiling else ""))
+    if "comparison" in report:
+        c = report["comparison"]
+        lines.append(f"  compared model     {c['ratio_to_floor']:.2f}x the floor, systematic "
+                     f"{c['systematic']['mean_photons']:.1f} photons; this minus that (paired, 90 %): ratio "
+                     f"{c['ratio_difference']:+.2f} ({c['ratio_interval'][0]:+.2f} to {c['ratio_interval'][1]:+.2f}), "
+                     f"systematic {c['systematic_difference']:+.1f} ({c['systematic_interval'][0]:+.1f} to "
+                     f"{c['systematic_interval'][1]:+.1f}) photons")
     if "em_centre_error_cm" in report:
         lines.append(f"  EM centre error (median)  {report['em_centre_error_cm']:.3f} cm"
                      + (f"   (perfect {ceiling['em_centre_error_cm']:.3f} cm)" if ceiling else ""))

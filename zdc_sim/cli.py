@@ -136,9 +136,10 @@ def _evaluate(args) -> None:
     from .simulator import Simulator
 
     simulator = Simulator.load(args.checkpoint, device=args.device)
+    compare = Simulator.load(args.compare, device=args.device) if args.compare else None
     report = evaluate_file(simulator, args.data, max_particles=args.max_particles, samples=args.samples,
                            seed=args.seed, ceiling=args.ceiling, schema=_schema(args), bootstrap=args.bootstrap,
-                           plots=args.plots)
+                           plots=args.plots, compare=compare)
     report["checkpoint"] = str(args.checkpoint) if args.checkpoint else "default model"
     print(format_report(report))
     if args.json:
@@ -310,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bootstrap", type=int, default=200,
                     help="resamples of the particles for the interval of the mean ratio (0: none)")
     ev.add_argument("--plots", metavar="DIR", help="also draw channel histograms per class, spreads, mean responses")
+    ev.add_argument("--compare", metavar="CHECKPOINT", help="a second model of the same detector: scored on the "
+                    "same particles, the difference with a paired bootstrap")
     ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     ev.set_defaults(run=_evaluate)
 

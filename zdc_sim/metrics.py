@@ -153,3 +153,63 @@ def bootstrap_ratio(real_channels: np.ndarray, generated_channels: np.ndarray, r
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(logs, [tail, 100 - tail]) - np.median(logs)
     return float(estimate * np.exp(low)), float(estimate * np.exp(high))
+
+
+def systematic_ws(real_channels: np.ndarray, generated_channels: np.ndarray) -> dict:
+    """The part of the model's WS that does not shrink with the set's size: per channel
+    sqrt(max(WS^2 - floor^2, 0)), in photons and as a share of the channel's spread (the standard
+    deviation of its real values), and their means over the channels. The floor is sampling noise,
+    which falls as the set grows; a systematic error does not (docs/fidelity.md)."""
+    ws = ws_against_floor(real_channels, generated_channels)
+    model, floor = np.array(ws.ws_channels), np.array(ws.floor_channels)
+    photons = np.sqrt(np.maximum(model**2 - floor**2, 0.0))
+    half = np.asarray(real_channels).shape[1] // 2
+    spread = np.asarray(real_channels)[:, :half].reshape(-1, N_CHANNELS).std(0)
+    share = photons / np.maximum(spread, 1e-12)
+    return {"photons": photons.tolist(), "share": share.tolist(), "mean_photons": float(photons.mean()),
+            "mean_share": float(share.mean())}
+
+
+def _resampled(n: int, resamples: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, n, n) for _ in range(resamples))
+
+
+def _basic_interval(estimate: float, resampled: list[float], level: float, floor: float | None = None):
+    """A basic bootstrap interval: the spread of the resampled values around their median, applied
+    to the estimate (resampling duplicates particles, which shifts the values themselves)."""
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(resampled, [tail, 100 - tail]) - np.median(resampled)
+    low, high = estimate + low, estimate + high
+    return (max(low, floor), max(high, floor)) if floor is not None else (float(low), float(high))
+
+
+def bootstrap_systematic(real_channels: np.ndarray, generated_channels: np.ndarray, resamples: int = 200,
+                         seed: int = 0, level: float = 0.9) -> tuple[float, float]:
+    """Interval of the mean systematic WS (photons) from resampling the particles."""
+    estimate = systematic_ws(real_channels, generated_channels)["mean_photons"]
+    values = [systematic_ws(real_channels[i], generated_channels[i])["mean_photons"]
+              for i in _resampled(len(real_channels), resamples, seed)]
+    low, high = _basic_interval(estimate, values, level, floor=0.0)
+    return float(low), float(high)
+
+
+def paired_bootstrap(real_channels: np.ndarray, generated_a: np.ndarray, generated_b: np.ndarray,
+                     resamples: int = 200, seed: int = 0, level: float = 0.9) -> dict:
+    """Two models on the same set, compared on the same resampled particles: the difference of
+    their mean WS / floor ratios (a minus b) and of their mean systematic WS, with intervals. The
+    difference of the WS is resampled and divided by the whole set's floor: the floor's noise, the
+    largest part of each model's own interval, then leaves the difference, which makes it far
+    tighter than two separate intervals."""
+    floor = max(ws_against_floor(real_channels, generated_a).ws_floor, 1e-12)
+
+    def both(rows):
+        ra, rb = ws_against_floor(real_channels[rows], generated_a[rows]), ws_against_floor(real_channels[rows], generated_b[rows])
+        sa, sb = systematic_ws(real_channels[rows], generated_a[rows]), systematic_ws(real_channels[rows], generated_b[rows])
+        return (ra.ws_mean - rb.ws_mean) / floor, sa["mean_photons"] - sb["mean_photons"]
+
+    ratio, systematic = both(slice(None))
+    resampled = [both(rows) for rows in _resampled(len(real_channels), resamples, seed)]
+    return {"ratio_difference": ratio, "ratio_interval": list(_basic_interval(ratio, [r for r, _ in resampled], level)),
+            "systematic_difference": systematic,
+            "systematic_interval": list(_basic_interval(systematic, [s for _, s in resampled], level))}
