@@ -20,7 +20,7 @@ import urllib.parse
 
 import numpy as np
 
-from . import features
+from . import features, geometry
 from .errors import DomainError, FeatureError, ZdcError
 from .geometry import N_CHANNELS
 from .engines import random_seed, seeded_normals
@@ -79,7 +79,7 @@ class RemoteSimulator:
                   for i in range(0, len(raw), self.max_particles)]
         counts = np.concatenate([p[0] for p in pieces]) if pieces else np.empty((0, *self.shape), np.float32)
         channels = np.concatenate([p[1] for p in pieces]) if pieces else np.empty((0, N_CHANNELS), np.float32)
-        return Simulation(counts, channels)
+        return Simulation(counts, channels, geometry.reaches(raw, geometry.for_shape(self.shape)))
 
     def _infer(self, raw: np.ndarray, seed: int, start: int, extrapolate: bool) -> tuple[np.ndarray, np.ndarray]:
         n = len(raw)
