@@ -33,7 +33,12 @@ def prefit(generator: Generator, standardizer: Standardizer, features: torch.Ten
     `data`. Returns the impact head's median residual in cm (None without an impact frame)."""
     model = generator.config
     generator.conditioner.fit(standardizer, data.features)
-    generator.set_total_scale(np.log1p(data.channels.sum(1)).mean())
+    if model.bounded_total:  # the total head starts at the mean logit of the deposited fraction
+        full_yield = fit_full_yield(generator, data)
+        fraction = np.clip(data.channels.sum(1) / (np.maximum(data.features[:, 0], 1e-3) * full_yield), 1e-4, 1 - 1e-4)
+        generator.set_total_scale(float(np.mean(np.log(fraction / (1 - fraction)))))
+    else:
+        generator.set_total_scale(np.log1p(data.channels.sum(1)).mean())
     residual = None
     if model.impact_frame:
         residual = fit_impact(generator, features, data)
@@ -130,6 +135,25 @@ def fit_envelope(generator: Generator, features: torch.Tensor, data: Dataset, se
     set_envelope(generator, features[use], torch.expm1(data.log_images[torch.from_numpy(use), 0]))
 
 
+FULL_YIELD_QUANTILE, FULL_YIELD_MARGIN = 0.999, 1.05
+
+
+@torch.no_grad()
+def fit_full_yield(generator: Generator, data: Dataset) -> float:
+    """The photons per GeV of a fully contained shower, the bound of the total (bounded_total): the
+    0.999 quantile of total / energy over the training showers, 5 % above it so that the most
+    contained real showers are not at the very edge of the sigmoid. Returns it."""
+    totals = data.channels.sum(1)
+    energy = np.maximum(data.features[:, 0].astype(np.float64), 1e-3)
+    showers = totals >= geometry.MIN_MEAN_COUNTS
+    if showers.sum() < 20:
+        raise ConfigError(f"only {int(showers.sum())} training responses are showers; expected at least 20 to "
+                          "fit the full yield of the bounded total")
+    value = FULL_YIELD_MARGIN * float(np.quantile(totals[showers] / energy[showers], FULL_YIELD_QUANTILE))
+    generator.full_yield.fill_(value)
+    return value
+
+
 def fit_total_heads(generator: Generator, features: torch.Tensor, data: Dataset, seed: int,
                     steps: int = 1500, batch: int = 4096) -> None:
     """Start the location-scale total head where the data is: mean(c) by least squares on the log
@@ -144,6 +168,10 @@ def fit_total_heads(generator: Generator, features: torch.Tensor, data: Dataset,
         inside = _inside(generator, generator.impact_point(features.float())) if generator.config.impact_frame \
             else torch.ones(len(totals), dtype=torch.bool)
     log_totals = torch.log1p(totals)
+    if generator.config.bounded_total:  # the head's target is the logit of the deposited fraction
+        energy = generator.conditioner.energy_gev(features.float()).clamp_min(1e-3)
+        fraction = (totals / (energy * generator.full_yield)).clamp(1e-4, 1 - 1e-4)
+        log_totals = torch.log(fraction) - torch.log1p(-fraction)
     use = torch.nonzero(inside & (totals >= geometry.MIN_MEAN_COUNTS))[:, 0]
     order = np.argsort(data.particle_id, kind="stable")
     same = data.particle_id[order][1:] == data.particle_id[order][:-1]
@@ -154,6 +182,8 @@ def fit_total_heads(generator: Generator, features: torch.Tensor, data: Dataset,
         return
     difference = log_totals[first] - log_totals[second]
     photon_variance = 2.0 / (totals[first] + totals[second])
+    if generator.config.bounded_total:  # d logit(f) = d log(total) / (1 - f)
+        photon_variance = photon_variance / (1 - fraction[first]).pow(2)
     heads = list(generator.total_mean.parameters()) + list(generator.total_scale.parameters())
     opt = torch.optim.Adam(heads, lr=2e-3)
     for _ in range(steps):

@@ -47,6 +47,12 @@ class ModelConfig:
                   itself around the impact point, its share and width from (latent, condition): the
                   44 x 44 canvas reaches only 3.5 cm from the impact point, so without it the far
                   fibres of a shower near a corner stay dark (the real hadronic halo is 0.9-1.5 cm);
+    bounded_total (with latent_gate) the total is the particle's energy x a full yield (photons per GeV
+                  of a fully contained shower, fitted to the training data, training/prefit.py) x
+                  sigmoid(location + scale x h(z, c)): a deposited fraction, bounded by energy
+                  conservation and skewed like one, instead of an unbounded log-normal-like total
+                  (docs/fidelity.md: 0.74 % of the first design's spectator samples exceeded the
+                  particle's energy, and their distribution was too symmetric);
     envelope      (with impact_frame) what the shape logits are added to: 'gaussian' (a fixed 1 cm
                   Gaussian, the first design) or 'fitted' (the log of the mean radial profile of the
                   real training showers around their impact point, training/prefit.py): real hadronic
@@ -65,11 +71,14 @@ class ModelConfig:
     photon_noise: bool = True
     halo: bool = False
     envelope: str = "fitted"
+    bounded_total: bool = False
 
     def __post_init__(self):
         geometry.detector(self.detector)  # ConfigError for an unknown one
         if self.halo and not self.impact_frame:
             raise ConfigError("halo needs impact_frame (the halo is centred on the impact point)")
+        if self.bounded_total and not self.latent_gate:
+            raise ConfigError("bounded_total needs latent_gate (its fraction is the location-scale head's)")
         if self.upsample not in ("nearest", "transposed"):
             raise ConfigError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
         if self.envelope not in ("gaussian", "fitted"):
@@ -255,6 +264,8 @@ class Generator(nn.Module):
                 self.halo[-1].bias.copy_(torch.tensor([-3.0, float(np.log(1.2))]))
             self.register_buffer("pixel_x", torch.tensor(det.pixel_x_cm, dtype=torch.float32))  # columns, left to right
             self.register_buffer("pixel_y", torch.tensor(det.pixel_y_cm, dtype=torch.float32))  # rows, top (high y) to bottom
+        if config.bounded_total:  # photons per GeV of a fully contained shower (training/prefit.py)
+            self.register_buffer("full_yield", torch.ones(()))
         self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
         # Post-processing factor on the latent the shape stack reads (the total head reads it as it
         # is): fitted after training (training/calibrate.py), since adversarial training leaves the
@@ -284,6 +295,9 @@ class Generator(nn.Module):
         if self.config.latent_gate:
             scale = torch.exp(self.total_scale(condition).clamp(max=2.0))
             log_total = self.total_mean(condition) + scale * self.total(inputs)
+            if self.config.bounded_total:  # log of energy x full yield x the deposited fraction
+                energy = self.conditioner.energy_gev(condition[:, :N_FEATURES]).clamp_min(1e-3)
+                log_total = torch.log(energy * self.full_yield)[:, None] + F.logsigmoid(log_total)
         else:
             log_total = self.total(inputs)
         # Bounded (e^25 ~ 7e10 photons), so a particle far outside the training range cannot overflow.
