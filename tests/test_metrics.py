@@ -80,7 +80,11 @@ def test_selectivity_skips_empty_responses_and_matches_spearman():
     keep = [0, 2, 3]
     expected = spearmanr(metrics.relative_spread(real[keep]), metrics.relative_spread(gen[keep])).statistic
     assert sel.n_particles == 3 and sel.calibration == pytest.approx(expected)
-    assert sel.spread_bias["electromagnetic"] == pytest.approx(
+    assert np.isnan(sel.spread_bias["electromagnetic"]) and sel.n_by_class["electromagnetic"] == 1  # one says nothing
+    many = metrics.selectivity(np.repeat(real, 10, 0), np.repeat(gen, 10, 0), np.repeat(pdg, 10))  # 10 EM showers: still too few
+    assert np.isnan(many.spread_bias["electromagnetic"]) and not np.isnan(many.spread_bias["hadronic"])
+    enough = metrics.selectivity(np.repeat(real, 20, 0), np.repeat(gen, 20, 0), np.repeat(pdg, 20))
+    assert enough.spread_bias["electromagnetic"] == pytest.approx(
         np.log(metrics.relative_spread(gen[[2]])[0] / metrics.relative_spread(real[[2]])[0]))
 
 

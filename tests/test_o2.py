@@ -152,7 +152,8 @@ def test_o2_units_give_the_simulators_response(exported, sim, reaching):
     the 'hashed' counts with the normals it derives from the noise."""
     z = noise(len(reaching), 1)
     session, scales = exported["mean"]
-    got = np.concatenate([o2_run(session, z[k : k + 1], o2_scaled(reaching[k : k + 1], scales)) for k in range(len(reaching))])
+    got = np.concatenate([o2_run(session, z[k : k + 1], o2_scaled(reaching[k : k + 1], scales))
+                          for k in range(len(reaching))])  # one particle a Run
     with torch.no_grad():
         standardized = torch.from_numpy(sim.standardizer.transform(geometry.to_a_side(reaching)))
         want = sim.generator.mean_counts(torch.from_numpy(z), standardized).numpy().reshape(len(reaching), -1)
@@ -200,7 +201,8 @@ def test_classifier_says_which_particles_reach_the_zn_or_the_zp(exported):
     np.testing.assert_array_equal(scales[1], np.ones(9, np.float32))
     x, _ = reference.sample_particles(1000, np.random.default_rng(9))  # every species, both sides
     want = geometry.reaches(x, "zn") | geometry.reaches(x, "zp")
-    assert 50 < want.sum() < 950 and (want & (x[:, 6] < 0)).any() and (geometry.reaches(x, "zp") & ~geometry.reaches(x, "zn")).any()
+    only_zp = geometry.reaches(x, "zp") & ~geometry.reaches(x, "zn")
+    assert 50 < want.sum() < 950 and (want & (x[:, 6] < 0)).any() and only_zp.any()
     one = [o2_run(session, o2_scaled(x[k : k + 1], scales)) for k in range(20)]  # O2: one particle a Run
     assert all(r.shape == (1, 1) and r.dtype == np.float32 for r in one)
     first = np.round(o2_run(session, o2_scaled(x, scales))[:, 0])  # Processors.cxx readClassifier

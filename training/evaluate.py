@@ -69,7 +69,7 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
               "ratio_channels": _channel_ratios(ws),
               "systematic": metrics.systematic_ws(real_channels, generated_channels),
               "calibration": sel.calibration, "spread_bias": sel.spread_bias,
-              "selectivity_particles": sel.n_particles, "by_class": {}}
+              "selectivity_particles": sel.n_particles, "selectivity_by_class": sel.n_by_class, "by_class": {}}
     if bootstrap:
         report["ratio_interval"] = list(metrics.bootstrap_ratio(real_channels, generated_channels, bootstrap))
         report["systematic"]["mean_photons_interval"] = list(metrics.bootstrap_systematic(real_channels, generated_channels,
@@ -77,15 +77,15 @@ def _scores(real_channels, generated_channels, pdg, real_centres=None, generated
     classes = species.shower_class(pdg)
     for cls in (species.HADRONIC, species.ELECTROMAGNETIC):
         sel_cls = classes == cls
-        if sel_cls.sum() >= 2:
-            by = metrics.ws_against_floor(real_channels[sel_cls], generated_channels[sel_cls])
+        by = metrics.ws_against_floor(real_channels[sel_cls], generated_channels[sel_cls]) if sel_cls.sum() >= 2 else None
+        if by is not None and by.ws_floor >= 1.0:  # a class that leaves (next to) nothing has no floor to compare with
             report["by_class"][cls] = {"particles": int(sel_cls.sum()), "ratio_to_floor": by.ratio_to_floor,
                                        "ratio_channels": _channel_ratios(by)}
     # Electromagnetic showers that reach the fibres: mean total and centre per particle.
     real_totals, generated_totals = real_channels.sum(-1).mean(1), generated_channels.sum(-1).mean(1)
     em = (classes == species.ELECTROMAGNETIC) & (real_totals >= geometry.MIN_MEAN_COUNTS)
     report["em_particles"] = int(em.sum())
-    if em.any():
+    if em.sum() >= metrics.MIN_CLASS_PARTICLES:  # the ZP sees a handful of EM showers: no figure from them
         report["em_total_error"] = float(np.median(np.abs(generated_totals[em] / real_totals[em] - 1)))
         if real_centres is not None and generated_centres is not None:
             with warnings.catch_warnings():  # an empty response has no centre: NaN, skipped
@@ -173,7 +173,12 @@ def format_report(report: dict) -> str:
     lines.append(f"  calibration        {report['calibration']:12.3f}{perfect}")
     for cls, bias in report["spread_bias"].items():
         perfect = f"   (perfect {ceiling['spread_bias'][cls]:+.3f})" if ceiling else ""
-        lines.append(f"  spread bias {cls:<16} {bias:+.3f}{perfect}")
+        count = report.get("selectivity_by_class", {}).get(cls)
+        if bias != bias:  # NaN: too few showers of the class
+            lines.append(f"  spread bias {cls:<16} not measured ({count} showers; at least "
+                         f"{metrics.MIN_CLASS_PARTICLES} needed)")
+        else:
+            lines.append(f"  spread bias {cls:<16} {bias:+.3f}{perfect}" + (f"   ({count} showers)" if count is not None else ""))
     if "em_total_error" in report:
         lines.append(f"  EM mean total error (median |gen/real - 1|, {report['em_particles']} particles) "
                      f"{100 * report['em_total_error']:.2f} %"

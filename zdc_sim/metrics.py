@@ -20,6 +20,7 @@ from .geometry import MIN_MEAN_COUNTS, N_CHANNELS
 from .species import ELECTROMAGNETIC, HADRONIC, shower_class
 
 SPREAD_FLOOR = 1e-6  # keeps log(generated / real spread) finite for a fully collapsed model
+MIN_CLASS_PARTICLES = 20  # a shower class's spread bias needs at least this many showers (the ZP sees few EM ones)
 
 
 def ws_channels(real: np.ndarray, generated: np.ndarray) -> np.ndarray:
@@ -115,7 +116,8 @@ def selectivity(real_totals: np.ndarray, generated_totals: np.ndarray, pdg: np.n
     for cls in (HADRONIC, ELECTROMAGNETIC):
         sel = classes == cls
         counts[cls] = int(sel.sum())
-        bias[cls] = float(np.median(log_ratio[sel])) if sel.any() else float("nan")
+        # a median of a handful of noisy spreads says nothing: too few particles, no figure
+        bias[cls] = float(np.median(log_ratio[sel])) if sel.sum() >= MIN_CLASS_PARTICLES else float("nan")
     if keep.sum() >= 3 and np.ptp(gen_rs) > 0 and np.ptp(real_rs) > 0:
         calibration = float(spearmanr(real_rs, gen_rs).statistic)
     else:

@@ -96,7 +96,8 @@ def scales_text(mean, scale) -> str:
         return [marker] + [format(float(np.float32(v)), ".9g") for v in values]
 
     if len(mean) != features.N_FEATURES or len(scale) != features.N_FEATURES:
-        raise ConfigError(f"a scales file needs {features.N_FEATURES} means and scales; found {len(mean)} and {len(scale)}")
+        raise ConfigError(f"a scales file needs {features.N_FEATURES} means and scales; found {len(mean)} and "
+                          f"{len(scale)}")
     if not np.all(np.isfinite(scale)) or np.any(np.asarray(scale) == 0):
         raise ConfigError(f"every scale must be finite and non-zero (O2 divides by it unguarded); found {list(scale)}")
     return "\n".join(block(MEANS_MARKER, mean) + [""] + block(SCALES_MARKER, scale)) + "\n"
@@ -263,7 +264,8 @@ def o2_model_bytes(generator, standardizer: features.Standardizer, metadata: dic
     """A generator as the ONNX model O2 runs (see the module's docstring), scaled with
     `o2_scales(standardizer)`. The generator is not changed (a contiguous copy is exported)."""
     if photon_statistics not in PHOTON_STATISTICS:
-        raise ConfigError(f"photon_statistics must be one of {', '.join(PHOTON_STATISTICS)}; found {photon_statistics!r}")
+        raise ConfigError(f"photon_statistics must be one of {', '.join(PHOTON_STATISTICS)}; "
+                          f"found {photon_statistics!r}")
     config = generator.config
     if config.latent_dim != NOISE_DIM:
         raise ZdcError(f"O2 feeds a model {NOISE_DIM} noise values (its latent); this {config.detector.upper()} model "
@@ -277,7 +279,8 @@ def o2_model_bytes(generator, standardizer: features.Standardizer, metadata: dic
              "detector": config.detector, "photon_statistics": graph.statistics,
              "inputs": f"{NOISE}: {NOISE_DIM} N(0, 1) values; {SCALED}: (raw - mean) / scale, the scales file's",
              "features": ",".join(features.NAMES), "units": ",".join(O2_UNITS),
-             "output": f"log(1 + photons), flat, pixel (x, y) at {det.shape[1]} * y + x ({det.shape[1]} x {det.shape[0]})",
+             "output": f"log(1 + photons), flat, pixel (x, y) at {det.shape[1]} * y + x "
+                       f"({det.shape[1]} x {det.shape[0]})",
              "pixels": str(det.n_pixels), "opset": str(OPSET),
              "feature_ranges": json.dumps(metadata.get("feature_ranges"))}
     example = (torch.zeros(2, NOISE_DIM), _example_scaled(mean, scale))
@@ -294,10 +297,11 @@ def classifier_bytes(mean=None, scale=None) -> bytes:
     margins = {d.name: d.reach_margin_cm for d in (geometry.ZN, geometry.ZP)}
     props = {"model": CLASSIFIER, "inputs": f"{SCALED}: (raw - mean) / scale, the scales file's",
              "features": ",".join(features.NAMES), "units": ",".join(O2_UNITS),
-             "output": "1.0: reaches the ZN or the ZP (straight line, separator dipole bend, face and margin), 0.0: neither",
+             "output": "1.0: reaches the ZN or the ZP (straight line, separator dipole bend, face and margin), "
+                       "0.0: neither",
              "reach_margin_cm": json.dumps(margins), "opset": str(OPSET)}
-    return _to_onnx(_Classifier(mean, scale), (_example_scaled(mean, scale),), {SCALED: features.N_FEATURES, REACHES: 1},
-                    REACHES, props)
+    widths = {SCALED: features.N_FEATURES, REACHES: 1}
+    return _to_onnx(_Classifier(mean, scale), (_example_scaled(mean, scale),), widths, REACHES, props)
 
 
 # --- files ------------------------------------------------------------------------------------------
@@ -327,7 +331,7 @@ def write_o2_classifier(out_dir) -> list[Path]:
     return [model, scales]
 
 
-def export_o2(simulator_or_path=None, out_dir=".", detector: str | None = None, classifier: bool = True,
+def export_o2(simulator_or_path, out_dir, detector: str | None = None, classifier: bool = True,
               photon_statistics: str = DEFAULT_PHOTON_STATISTICS) -> list[Path]:
     """What `zdc-sim model export --format o2` writes: a model's O2 files (write_o2_export) and,
     with `classifier`, the classifier's (write_o2_classifier). `simulator_or_path`: a Simulator, a
