@@ -237,7 +237,8 @@ def test_hashed_normals_look_independent_standard_normals():
 
 def test_the_zp_model(tiny_zp_checkpoint, tmp_path):
     zp = Simulator.load(tiny_zp_checkpoint, device="cpu")
-    paths = o2.export_o2(tiny_zp_checkpoint, tmp_path, detector="zp", photon_statistics="hashed")
+    paths = o2.export_o2(Simulator.load(tiny_zp_checkpoint, device="cpu"), tmp_path, detector="zp",
+                         photon_statistics="hashed")
     assert [p.name for p in paths] == ["zp_model.onnx", "zp_scales.txt", "classifier.onnx", "classifier_scales.txt"]
     session, scales = o2_session(paths[0]), load_scales(paths[1])
     assert session.get_outputs()[0].shape == ["batch", 1680]

@@ -2,7 +2,7 @@
 model `<det>_model.onnx` and its scales file `<det>_scales.txt`, and a classifier
 `classifier.onnx` with `classifier_scales.txt`.
 
-    export_o2("zn", "o2_models")          # or a Simulator, or a checkpoint path
+    export_o2(Simulator.load("zn"), "o2_models")
     # -> zn_model.onnx, zn_scales.txt, classifier.onnx, classifier_scales.txt
 
 O2's calling convention, which the graphs absorb so that O2 changes nothing:
@@ -331,17 +331,11 @@ def write_o2_classifier(out_dir) -> list[Path]:
     return [model, scales]
 
 
-def export_o2(simulator_or_path, out_dir, detector: str | None = None, classifier: bool = True,
+def export_o2(simulator, out_dir, detector: str | None = None, classifier: bool = True,
               photon_statistics: str = DEFAULT_PHOTON_STATISTICS) -> list[Path]:
-    """What `zdc-sim model export --format o2` writes: a model's O2 files (write_o2_export) and,
-    with `classifier`, the classifier's (write_o2_classifier). `simulator_or_path`: a Simulator, a
-    checkpoint path, or None / 'zn' / 'zp' for a shipped model (None: `detector`'s, default zn);
-    `detector`, when given, must be the model's."""
-    from ..simulator import Simulator
-
-    simulator = simulator_or_path
-    if not isinstance(simulator, Simulator):
-        simulator = Simulator.load(simulator if simulator is not None else (detector or "zn"), device="cpu")
+    """What `zdc-sim model export --format o2` writes: a Simulator's O2 files (write_o2_export) and,
+    with `classifier`, the classifier's (write_o2_classifier); `detector`, when given, must be the
+    model's (the command line loads the model: this layer sits below the Simulator)."""
     if detector is not None and geometry.detector(detector) != simulator.detector:
         raise ZdcError(f"detector {detector}: the model simulates the {simulator.detector.name.upper()}; expected a "
                        f"{geometry.detector(detector).name.upper()} model")
