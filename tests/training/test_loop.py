@@ -201,8 +201,10 @@ def test_cli_evaluate_reports_and_plots(trained_run, tiny_file, tmp_path, capsys
     assert len(report["ratio_channels"]) == 5 and report["ratio_interval"][0] < report["ratio_interval"][1]
     assert set(report["by_class"]) <= {"hadronic", "electromagnetic"} and report["by_class"]
     assert report["ceiling"]["ratio_to_floor"] == report["ceiling_ratio_to_floor"]
-    if report["em_particles"]:
+    if report["em_particles"] >= 20:  # fewer showers give no figure
         assert report["ceiling"]["em_total_error"] < 0.1 and report["ceiling"]["em_centre_error_cm"] < 0.1
+    else:
+        assert "em_total_error" not in report and report["systematic"]["mean_photons"] >= 0
 
     plots = tmp_path / "plots"
     assert cli.main(["evaluate", "--checkpoint", str(out / "best.safetensors"), "--data", str(tiny_file),
