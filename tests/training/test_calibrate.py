@@ -57,6 +57,44 @@ def test_refit_moves_the_total_towards_skewed_real_totals_and_only_the_total_hea
     assert abs(spread(after) - real_spread) < 0.5 * abs(before - real_spread), (before, spread(after))
 
 
+def test_face_shares_are_whole_at_the_centre_and_belong_to_their_latents():
+    torch.manual_seed(0)
+    gen, x, _, _ = _generator_and_particles(n=50)
+    latents, shares = calibrate.face_shares(gen, x, 6, torch.Generator().manual_seed(3), chunk=64)
+    assert latents.shape == (50, 6, gen.config.latent_dim) and shares.shape == (50, 6)
+    assert float(shares.min()) > 0.9  # impact points within 1.5 cm of the centre of a 7 cm face
+    with torch.no_grad():  # the share of particle 7's third latent, computed alone
+        z = latents[7, 2][None]
+        alone = gen.mean_counts(z, x[7:8]).sum() / torch.exp(calibrate._log_total(gen, z, x[7:8]))
+    assert float(shares[7, 2]) == pytest.approx(float(alone), rel=1e-5)
+
+
+def test_refit_counts_the_fluctuation_of_the_share_on_the_face(monkeypatch):
+    """Where the face shows a varying share of the shower (edge hits), the real totals fluctuate by
+    that share too; the refitted total must keep the shower's own spread, not take on both."""
+    gen, x, raw, pdg = _generator_and_particles()
+    energy = raw[:, 0].astype(np.float64)
+    rng = np.random.default_rng(0)
+    halves = lambda shape: np.where(rng.random(shape) < 0.5, 0.5, 1.0)  # noqa: E731  half or all of it seen
+    real = energy[:, None] * 40.0 * rng.beta(4.0, 2.0, (len(raw), 2)) * halves((len(raw), 2))
+    real_shares = calibrate.face_shares
+
+    def edge_shares(generator, features, samples, rng_, chunk=1024):
+        latents, _ = real_shares(generator, features, samples, rng_, chunk)
+        return latents, torch.from_numpy(halves((len(features), samples))).float()
+
+    monkeypatch.setattr(calibrate, "face_shares", edge_shares)
+    calibrate.refit_total(gen, x, energy, pdg, real, steps=1200, seed=1, lr=3e-3)
+    z = torch.randn(len(x) * 8, gen.config.latent_dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        totals = torch.exp(calibrate._log_total(gen, z, x.repeat_interleave(8, 0))).view(len(x), 8).numpy()
+    spread = np.median(totals.std(1) / totals.mean(1))
+    shower_spread, seen_spread = 0.18 / 0.67, 0.436  # Beta(4, 2); times a share of 1/2 or 1
+    # one share per particle for all its latents (the first refit) ends near 0.47 here
+    assert abs(spread - shower_spread) < 0.4 * (seen_spread - shower_spread), spread
+    assert abs(np.mean(totals / energy[:, None]) / 26.7 - 1) < 0.1
+
+
 def test_energy_score_1d_is_lowest_for_the_true_spread():
     rng = torch.Generator().manual_seed(0)
     real = torch.randn(4000, 1, generator=rng)
