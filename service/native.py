@@ -4,6 +4,7 @@ or binary out) and POST /v1/export (ROOT in, ROOT out)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import tempfile
 from pathlib import Path, PurePath
@@ -93,15 +94,18 @@ async def simulate_response(state: ServiceState, request: Request) -> Response:
     return JSONResponse(answer, headers=headers)
 
 
-def without_paths(value):
-    """`value` with every file path reduced to its file name: the served metadata says which data a
-    model was trained on without showing the folders of the machine that trained it."""
+def servable(value):
+    """`value` as served metadata: every file path reduced to its file name (which data a model was
+    trained on, without the folders of the machine that trained it), and every NaN or infinity, a
+    figure the evaluation could not measure (too few showers of a class), as null, which JSON has."""
     if isinstance(value, dict):
-        return {k: without_paths(v) for k, v in value.items()}
+        return {k: servable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [without_paths(v) for v in value]
+        return [servable(v) for v in value]
     if isinstance(value, str) and ("/" in value or "\\" in value):
         return PurePath(value.replace("\\", "/")).name
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -132,7 +136,7 @@ def add_routes(api: FastAPI, state: ServiceState) -> None:
         return {"model": served.name, "detector": served.detector, "model_version": sim.model_version,
                 "checksum": meta.get("checksum"), "device": str(sim.device), "response_shape": list(sim.detector.shape),
                 "feature_ranges": meta.get("feature_ranges"),
-                "training": without_paths(meta.get("training")), "validation": meta.get("validation")}
+                "training": servable(meta.get("training")), "validation": servable(meta.get("validation"))}
 
     @api.get("/v1/models", summary="the served models (the ZN's fields at the top level, every model under 'models')")
     async def models():

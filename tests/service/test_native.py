@@ -172,10 +172,13 @@ def test_export_is_capped_in_particles_and_streamed(client, tmp_path):
     assert {p.name for p in Path(tempfile.gettempdir()).glob("zdc-export-*")} == before
 
 
-def test_the_served_metadata_shows_no_local_paths():
-    from service.native import without_paths
+def test_the_served_metadata_shows_no_local_paths_and_no_nan():
+    from service.native import servable
 
     training = {"data": "/home/someone/data/train.root", "out": "runs/sdi", "val_data": "C:\\data\\val.root",
                 "lr_g": 2e-4, "regularizer": "sdi", "list": ["/abs/a.root", 1]}
-    assert without_paths(training) == {"data": "train.root", "out": "sdi", "val_data": "val.root", "lr_g": 2e-4,
-                                       "regularizer": "sdi", "list": ["a.root", 1]}
+    assert servable(training) == {"data": "train.root", "out": "sdi", "val_data": "val.root", "lr_g": 2e-4,
+                                  "regularizer": "sdi", "list": ["a.root", 1]}
+    # a class with too few showers has no spread bias: NaN in the checkpoint, null when served
+    validation = {"spread_bias": {"hadronic": 0.01, "electromagnetic": float("nan")}, "ws": [1.5, float("inf")]}
+    assert servable(validation) == {"spread_bias": {"hadronic": 0.01, "electromagnetic": None}, "ws": [1.5, None]}
