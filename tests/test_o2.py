@@ -232,7 +232,9 @@ def test_hashed_normals_look_independent_standard_normals():
     corr = np.corrcoef(np.concatenate([z, picked], 1).T)
     off = corr[np.triu_indices(len(corr), 1)]
     assert np.abs(off).max() < 0.1  # with the latent and between fibres: chance level for 3,000 rows
-    np.testing.assert_array_equal(o2.hashed_normals(z[:5], 1936), n[:5].astype(np.float32))  # per row
+    # per row: the same rows alone give the same normals, up to the last bit of float32 (the float64
+    # product z @ W is blocked differently for 5 rows than for 3,000, and frac() keeps its low bits)
+    np.testing.assert_allclose(o2.hashed_normals(z[:5], 1936), n[:5].astype(np.float32), rtol=1e-5, atol=1e-6)
 
 
 def test_the_zp_model(tiny_zp_checkpoint, tmp_path):
