@@ -1,7 +1,7 @@
 """ALICE O2's calls to the O2 export replayed (docs/o2.md): latency per particle and fidelity of each
 photon-statistics option beside the Simulator's own.
 
-    python bench/o2.py --data HELDOUT_ZN.root [--zn zn] [--zp PATH] [--particles 10000]
+    python bench/o2.py --data HELDOUT.root [--zn zn] [--zp PATH] [--score zn|zp] [--particles 10000]
                        [--calls 2000] [--batch 256] [--seed 0] [--options hashed,mean,random] [--json OUT]
 
 Latency: as O2 runs them, one Ort::Session per model on CPU with one intra-op thread, one particle
@@ -11,7 +11,7 @@ per Run: per particle the features in O2's units, scaled in float with each mode
 model is given or shipped, both together, and the classifier) over --calls particles of the held-out
 set, with the default photon statistics.
 
-Fidelity: on the held-out ZN particles (K real repeats each), K // 2 O2 calls per particle for every
+Fidelity: on the held-out particles of --score's detector (K real repeats each), K // 2 O2 calls per particle for every
 photon option, channel sums formed as O2 forms them, scored with zdc_sim.metrics.ws_against_floor
 (the evaluation's ratio to the real-vs-real floor, overall and per channel) beside the Simulator's
 own ratio on the same particles with the same latents (the O2 calls' noise values), so that the
@@ -171,9 +171,10 @@ def fidelity(sim: Simulator, models: dict[str, O2Model], data: Path, n_particles
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="held-out ZN set (zdc-sim data generate ... --reaching zn)")
+    parser.add_argument("--data", required=True, help="held-out set (zdc-sim data generate ... --reaching zn or zp)")
     parser.add_argument("--zn", default="zn", help="ZN checkpoint (default: the shipped one)")
     parser.add_argument("--zp", help="ZP checkpoint (default: the shipped one, if any)")
+    parser.add_argument("--score", default="zn", choices=("zn", "zp"), help="the model whose O2 path is scored on --data")
     parser.add_argument("--particles", type=int, default=10_000, help="held-out particles scored")
     parser.add_argument("--calls", type=int, default=2_000, help="particles replayed one by one for the latency")
     parser.add_argument("--batch", type=int, default=256, help="particles per Run in the fidelity calls (1: as O2)")
@@ -213,8 +214,14 @@ def main():
               "{std:.4f}, excess kurtosis {kurtosis:+.3f}; largest |correlation| between fibres {fibres:.4f} ({pairs} "
               "pairs; chance alone ~{chance:.4f}), with the noise values {latent:.4f}, of squares {squares:.4f}; "
               "variance of channel sums / fibres {channel_variance}".format(**quality))
-        fid = fidelity(zn, zn_models, Path(args.data), args.particles, args.batch, args.seed)
-    print(f"fidelity on {fid['particles']} held-out ZN particles x {fid['repeats']} real repeats, {fid['samples']} "
+        if args.score == "zn":
+            scored, scored_models = zn, zn_models
+        elif zp is None:
+            raise SystemExit("--score zp: no ZP model (--zp PATH, or a shipped one)")
+        else:
+            scored, scored_models = zp, {option: export(zp, folder / "zp_scored", option) for option in options}
+        fid = fidelity(scored, scored_models, Path(args.data), args.particles, args.batch, args.seed)
+    print(f"fidelity on {fid['particles']} held-out {args.score.upper()} particles x {fid['repeats']} real repeats, {fid['samples']} "
           f"samples each (WS ratio to the real-vs-real floor; O2 calls {args.batch} particles per Run; simulator and O2 "
           f"rows fed the same latents):")
     for subset in ("all", "inside the trained ranges"):
