@@ -61,14 +61,15 @@ default-model: $(STAMP)
 default-model-zp: $(STAMP)
 	$(MAKE) shipped-model DETECTOR=zp TARGET=zp.safetensors TRAIN_FLAGS="--threads 2" MORE_EPOCHS=4
 
+SHIPPED_TRAIN = $(BIN)/zdc-sim train --config training/configs/default.json --detector $(DETECTOR) \
+	--data data/train100k_$(DETECTOR).root --val-data data/validation10k_$(DETECTOR).root --out runs/$(DETECTOR) \
+	--quiet $(TRAIN_FLAGS)
+
 shipped-model:
 	$(BIN)/zdc-sim data generate --particles 100000 --repeats 2 --seed 1 --reaching $(DETECTOR) --out data/train100k_$(DETECTOR).root --quiet
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 3 --reaching $(DETECTOR) --out data/validation10k_$(DETECTOR).root --quiet
-	$(BIN)/zdc-sim train --config training/configs/default.json --detector $(DETECTOR) --data data/train100k_$(DETECTOR).root \
-		--val-data data/validation10k_$(DETECTOR).root --out runs/$(DETECTOR) --quiet $(TRAIN_FLAGS)
-	$(if $(MORE_EPOCHS),$(BIN)/zdc-sim train --config training/configs/default.json --detector $(DETECTOR) \
-		--data data/train100k_$(DETECTOR).root --val-data data/validation10k_$(DETECTOR).root --out runs/$(DETECTOR) \
-		--quiet $(TRAIN_FLAGS) --resume --epochs $(MORE_EPOCHS))
+	$(SHIPPED_TRAIN)
+	$(if $(MORE_EPOCHS),$(SHIPPED_TRAIN) --resume --epochs $(MORE_EPOCHS))
 	cp runs/$(DETECTOR)/best.safetensors $(MODEL_DIR)/$(TARGET)
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 2 --reaching $(DETECTOR) --out data/heldout10k_$(DETECTOR).root --quiet
 	$(BIN)/zdc-sim evaluate --checkpoint $(DETECTOR) --data data/heldout10k_$(DETECTOR).root --ceiling --json | tail -n 1 > $(MODEL_DIR)/evaluation_$(DETECTOR).txt
