@@ -10,7 +10,8 @@ HELDOUT ?= data/heldout.root
 HELDOUT_ZP ?= data/heldout_zp.root
 MODEL_DIR := zdc_sim/default_model
 
-.PHONY: run test test-all test-slow bench bench-regularizers clean default-model default-model-zp sdi-vs-plain
+.PHONY: run test test-all test-slow bench bench-regularizers clean default-model default-model-zp sdi-vs-plain \
+	compare-regularizers
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,38 @@ shipped-model:
 	cp runs/$(DETECTOR)/best.safetensors $(MODEL_DIR)/$(TARGET)
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 2 --reaching $(DETECTOR) --out data/heldout10k_$(DETECTOR).root --quiet
 	$(BIN)/zdc-sim evaluate --checkpoint $(DETECTOR) --data data/heldout10k_$(DETECTOR).root --ceiling --json | tail -n 1 > $(MODEL_DIR)/evaluation_$(DETECTOR).txt
+
+# The regularizer comparison of docs/regularizers.md at full budget: the default recipe with each
+# regularizer (SDI and the plain cGAN on seeds 0 and 1, the four others on seed 0), each scored on the
+# same 30,000 held-out ZN particles x 4 (seed 30001) and compared with SDI seed 0 by a paired
+# bootstrap (SDI seed 0 with the shipped model, and with the perfect simulator's figures). Eight
+# trainings of 45-65 minutes on one thread each: `make -j2 compare-regularizers` runs two at a time;
+# a finished run is not trained again. Records in runs/compare/<regularizer>-<seed>/.
+COMPARE_RUNS ?= sdi-0 none-0 sdi-1 none-1 ms-0 dp-0 ndiv-0 iid-0
+HELDOUT30K ?= data/heldout30k.root
+
+compare-regularizers: $(foreach run,$(COMPARE_RUNS),runs/compare/$(run)/evaluation.json)
+	$(BIN)/python bench/regularizer_table.py $(addprefix runs/compare/,$(COMPARE_RUNS))
+
+.PRECIOUS: runs/compare/%/trained
+runs/compare/%/trained: | data/train100k_zn.root data/validation10k_zn.root
+	$(BIN)/zdc-sim train --config training/configs/default.json --detector zn --data data/train100k_zn.root \
+		--val-data data/validation10k_zn.root --out runs/compare/$* --quiet \
+		--regularizer $(word 1,$(subst -, ,$*)) --seed $(word 2,$(subst -, ,$*))
+	touch $@
+
+runs/compare/sdi-0/evaluation.json: EVALUATE_FLAGS = --ceiling --compare zn
+runs/compare/%/evaluation.json: runs/compare/%/trained runs/compare/sdi-0/trained | $(HELDOUT30K)
+	$(BIN)/zdc-sim evaluate --checkpoint runs/compare/$*/best.safetensors --data $(HELDOUT30K) --json \
+		$(or $(EVALUATE_FLAGS),--compare runs/compare/sdi-0/best.safetensors) > runs/compare/$*/evaluation.txt
+	tail -n 1 runs/compare/$*/evaluation.txt > $@
+
+data/train100k_zn.root: | $(STAMP)
+	$(BIN)/zdc-sim data generate --particles 100000 --repeats 2 --seed 1 --reaching zn --out $@ --quiet
+data/validation10k_zn.root: | $(STAMP)
+	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 3 --reaching zn --out $@ --quiet
+$(HELDOUT30K): | $(STAMP)
+	$(BIN)/zdc-sim data generate --particles 30000 --repeats 4 --seed 30001 --reaching zn --out $@ --quiet
 
 TRAIN_SET ?= data/train100k_zn.root
 VALIDATION ?= data/validation10k_zn.root

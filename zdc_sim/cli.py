@@ -141,6 +141,8 @@ def _evaluate(args) -> None:
                            seed=args.seed, ceiling=args.ceiling, schema=_schema(args), bootstrap=args.bootstrap,
                            plots=args.plots, compare=compare)
     report["checkpoint"] = str(args.checkpoint) if args.checkpoint else "default model"
+    if compare is not None:
+        report["comparison"]["checkpoint"] = str(args.compare)
     print(format_report(report))
     if args.json:
         print(json.dumps(report))

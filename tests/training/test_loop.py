@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from training import loop
 from training.config import ConfigError, TrainConfig
 from zdc_sim import checkpoint, cli, rootio
 from zdc_sim.simulator import Simulator
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(data, out, **changes):
@@ -215,6 +218,38 @@ def test_cli_evaluate_reports_and_plots(trained_run, tiny_file, tmp_path, capsys
 
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(tiny_file)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_regularizer_table_from_run_records(trained_run, tiny_file, tmp_path, capsys):
+    """bench/regularizer_table.py (make compare-regularizers) reads a run's evaluation.json, its
+    checkpoint's recipe and its epochs' seconds; a model compared with itself on the same seed
+    differs by exactly 0; an unfinished run is listed, not dropped."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("regularizer_table", ROOT / "bench" / "regularizer_table.py")
+    table_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table_module)
+    run = tmp_path / "sdi-0"
+    run.mkdir()
+    for name in ("best.safetensors", "metrics.jsonl"):
+        (run / name).write_bytes((trained_run / name).read_bytes())
+    best = str(run / "best.safetensors")
+    assert cli.main(["evaluate", "--checkpoint", best, "--data", str(tiny_file), "--samples", "4", "--ceiling",
+                     "--json", "--compare", best]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["comparison"]["checkpoint"] == best and report["comparison"]["ratio_difference"] == 0.0
+    (run / "evaluation.json").write_text(json.dumps(report) + "\n")
+    seconds = sum(json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines())
+    lines = table_module.table([run, tmp_path / "none-0"]).splitlines()
+    row = next(line for line in lines if line.startswith("| sdi-0 |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    epochs = len((run / "metrics.jsonl").read_text().splitlines())
+    assert len(cells) == 12 and cells[2] == f"{checkpoint.load(best)[1]['epoch']}/{epochs}"
+    assert cells[3] == f"{seconds / 60:.0f}"
+    assert cells[4].startswith(f"**{report['ratio_to_floor']:.2f}**")
+    assert cells[5].startswith("+0.00 (+0.00 to +0.00)") and best in lines[2]
+    assert "| none-0 | not run yet |" in "\n".join(lines)
+    assert any(line.startswith("| perfect simulator |") for line in lines)
 
 
 def test_config_file_and_errors(tmp_path):

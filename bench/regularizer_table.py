@@ -1,0 +1,93 @@
+"""The regularizer comparison's table (docs/regularizers.md) from its runs' records: each run folder
+holds best.safetensors (whose metadata names the regularizer, its weight and seed), metrics.jsonl
+(the seconds of each epoch) and evaluation.json (the last line of `zdc-sim evaluate --json` on the
+common held-out set, compared with a reference run by `--compare`). `make compare-regularizers`
+writes these and calls this script; runs not finished yet are listed as missing, not skipped.
+
+    python bench/regularizer_table.py runs/compare/sdi-0 runs/compare/none-0 ...
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from zdc_sim import checkpoint, regularizers
+
+
+def _run(folder: Path) -> dict | None:
+    evaluation = folder / "evaluation.json"
+    if not evaluation.is_file():
+        return None
+    report = json.loads(evaluation.read_text().strip().splitlines()[-1])
+    _, metadata = checkpoint.load(folder / "best.safetensors")
+    epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    report.update(training=metadata["training"], best_epoch=metadata.get("epoch"),
+                  minutes=sum(e["seconds"] for e in epochs) / 60, epochs_run=len(epochs))
+    return report
+
+
+def _n(value, fmt="{:.2f}") -> str:
+    """A figure, or "n/a" where the evaluation could not measure it (too few showers of a class)."""
+    return "n/a" if value is None or value != value else fmt.format(value)
+
+
+def _f(values, fmt="{:.2f}") -> str:
+    return " / ".join(_n(v, fmt) for v in values)
+
+
+def row(name: str, r: dict, ceiling: float | None) -> str:
+    t = r["training"]
+    lam = regularizers.CLASSES[t["regularizer"]].default_weight if t["lam"] is None else t["lam"]
+    had, em = r["by_class"].get("hadronic", {}), r["by_class"].get("electromagnetic", {})
+    c = r.get("comparison")
+    paired = (f"{c['ratio_difference']:+.2f} ({c['ratio_interval'][0]:+.2f} to {c['ratio_interval'][1]:+.2f})"
+              if c else "")
+    calibration = f"{r['calibration']:.3f}" + (f" ({100 * r['calibration'] / ceiling:.0f} %)" if ceiling else "")
+    lo, hi = r.get("ratio_interval", (float("nan"),) * 2)
+    return (f"| {name} | {lam:g} | {r['best_epoch']}/{r['epochs_run']} | {r['minutes']:.0f} "
+            f"| **{r['ratio_to_floor']:.2f}** ({lo:.2f}-{hi:.2f}) | {paired} | {_f(r['ratio_channels'])} "
+            f"| {_f([had.get('ratio_to_floor'), em.get('ratio_to_floor')])} "
+            f"| {r['systematic']['mean_photons']:.0f} | {calibration} "
+            f"| {_f([r['spread_bias']['hadronic'], r['spread_bias']['electromagnetic']], '{:+.2f}')} "
+            f"| {_total_error(r)} |")
+
+
+def _total_error(r: dict) -> str:
+    return _n(100 * r["em_total_error"], "{:.1f} %") if "em_total_error" in r else "n/a"
+
+
+def table(folders: list[Path]) -> str:
+    runs = {f.name: _run(f) for f in folders}
+    done = {name: r for name, r in runs.items() if r is not None}
+    ceiling_report = next((r for r in done.values() if "ceiling" in r), None)
+    ceiling = ceiling_report["calibration_ceiling"] if ceiling_report else None
+    reference = next((r["comparison"]["checkpoint"] for r in done.values() if "comparison" in r), None)
+    lines = ["| run (regularizer-seed) | lambda | best epoch | training minutes | WS / floor (90 %) "
+             f"| minus {reference or 'the reference run'} (paired, 90 %) | channels 1-5 | hadronic / EM "
+             "| systematic WS (photons) | calibration (of ceiling) | spread bias hadronic / EM | EM total error |",
+             "|" + "---|" * 12]
+    for name, r in runs.items():
+        lines.append(row(name, r, ceiling) if r else f"| {name} | not run yet |" + " |" * 10)
+    if ceiling_report:
+        p = ceiling_report["ceiling"]
+        lo, hi = p.get("ratio_interval", (float("nan"),) * 2)
+        lines.append(f"| perfect simulator | | | | {p['ratio_to_floor']:.2f} ({lo:.2f}-{hi:.2f}) | "
+                     f"| {_f(p['ratio_channels'])} "
+                     f"| {_f([p['by_class'].get(c, {}).get('ratio_to_floor') for c in ('hadronic', 'electromagnetic')])} "
+                     f"| {p['systematic']['mean_photons']:.0f} | {p['calibration']:.3f} "
+                     f"| {_f([p['spread_bias']['hadronic'], p['spread_bias']['electromagnetic']], '{:+.2f}')} "
+                     f"| {_total_error(p)} |")
+    first = next(iter(done.values()), None)
+    if first:
+        lines.insert(0, f"{first['particles']:,} held-out particles x {first['repeats']} repeats ({first['data']})\n")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders")
+    print(table(parser.parse_args().runs))
+
+
+if __name__ == "__main__":
+    main()
