@@ -10,7 +10,7 @@ HELDOUT ?= data/heldout.root
 HELDOUT_ZP ?= data/heldout_zp.root
 MODEL_DIR := zdc_sim/default_model
 
-.PHONY: run test test-all test-slow bench bench-regularizers clean default-model default-model-zp sdi-vs-plain \
+.PHONY: run test test-all test-slow bench bench-regularizers clean default-model default-model-zp \
 	compare-regularizers
 
 $(STAMP): pyproject.toml requirements.lock
@@ -106,18 +106,6 @@ data/validation10k_zn.root: | $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 3 --reaching zn --out $@ --quiet
 $(HELDOUT30K): | $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 30000 --repeats 4 --seed 30001 --reaching zn --out $@ --quiet
-
-TRAIN_SET ?= data/train100k_zn.root
-VALIDATION ?= data/validation10k_zn.root
-# SDI against the plain conditional GAN with every other lever equal, two seeds each (about 2.5 hours
-# on 2 CPU cores); each run's held-out evaluation lands in runs/<regularizer>-<seed>/evaluation.txt.
-sdi-vs-plain: $(STAMP)
-	for seed in 0 1; do for reg in sdi none; do \
-		$(BIN)/zdc-sim train --config training/configs/default.json --data $(TRAIN_SET) --val-data $(VALIDATION) \
-			--out runs/$$reg-$$seed --regularizer $$reg --seed $$seed --quiet && \
-		$(BIN)/zdc-sim evaluate --checkpoint runs/$$reg-$$seed/best.safetensors --data $(HELDOUT) --ceiling --json \
-			> runs/$$reg-$$seed/evaluation.txt || exit 1; \
-	done; done
 
 clean:
 	rm -rf $(VENV) bench/out
