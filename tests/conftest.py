@@ -31,16 +31,17 @@ def tiny_file(tmp_path_factory, tiny_parts):
     return path
 
 
-def save_tiny_model(path, detector: str = "zn"):
-    """An untrained tiny generator of `detector` saved as a checkpoint, fitted to the particles
-    that reach it (A-side frame, as training does); its feature ranges are those of 20,000 reference
-    particles, as training would record them."""
+def save_tiny_model(path, detector: str = "zn", **model_options):
+    """An untrained tiny generator of `detector` (with `model_options` over the tiny size's
+    structure) saved as a checkpoint, fitted to the particles that reach it (A-side frame, as
+    training does); its feature ranges are those of 20,000 reference particles, as training would
+    record them."""
     from zdc_sim import geometry
 
     torch.manual_seed(0)
     feats, _ = reference.sample_particles(2000, np.random.default_rng(0))
     feats = geometry.to_a_side(feats[geometry.reaches(feats, detector)])[:256]
-    config = ModelConfig(**{**SIZES["tiny"].to_dict(), "detector": detector})
+    config = ModelConfig(**{**SIZES["tiny"].to_dict(), "detector": detector, **model_options})
     generator = Generator(config)
     standardizer = Standardizer.fit(feats)
     generator.conditioner.fit(standardizer, feats)

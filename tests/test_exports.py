@@ -40,6 +40,23 @@ def test_exported_graph_matches_the_simulator_at_any_batch_size(sim, tmp_path):
         assert (responses != want.counts).mean() < 1e-3
 
 
+def test_a_bounded_total_model_exports_its_responses(tmp_path):
+    """The default recipe's bounded total (energy x full yield x a fraction) reads the particle's
+    energy inside the graph: the exported graph gives the Simulator's responses, bounded alike."""
+    from tests.conftest import save_tiny_model
+
+    bounded = Simulator.load(save_tiny_model(tmp_path / "bounded.safetensors", "zn", bounded_total=True), device="cpu")
+    bounded.generator.full_yield.fill_(5.0)
+    session = ort.InferenceSession(str(onnx_export.write_onnx(bounded, tmp_path)), providers=["CPUExecutionProvider"])
+    x, _ = reference.sample_particles(600, np.random.default_rng(3))
+    responses, channels = session.run(["RESPONSES", "CHANNELS"], {"FEATURES": x, **bounded.random_inputs(len(x), seed=5)})
+    want = bounded.simulate(x, seed=5, extrapolate=True)
+    _close(channels, want.channels)
+    assert (responses != want.counts).mean() < 1e-3 and want.counts.sum() > 0
+    # energy x full yield bounds the mean total; photon statistics add at most a few sigma:
+    assert (want.counts.sum((1, 2)) <= 5.0 * x[:, 0] + 6 * np.sqrt(5.0 * x[:, 0]) + 10).all()
+
+
 def test_the_zp_graph_mirrors_the_c_side_and_empties_what_does_not_reach(tiny_zp_checkpoint, tmp_path):
     zp = Simulator.load(tiny_zp_checkpoint, device="cpu")
     path = onnx_export.write_onnx(zp, tmp_path)
