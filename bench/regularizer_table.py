@@ -35,13 +35,19 @@ def _f(values, fmt="{:.2f}") -> str:
     return " / ".join(_n(v, fmt) for v in values)
 
 
+def _reference(checkpoint_name: str) -> str:
+    """A run folder's name for its best.safetensors; 'shipped zn' for a shipped model's name."""
+    path = Path(checkpoint_name)
+    return path.parent.name if path.suffix == ".safetensors" else f"shipped {checkpoint_name}"
+
+
 def row(name: str, r: dict, ceiling: float | None) -> str:
     t = r["training"]
     lam = regularizers.CLASSES[t["regularizer"]].default_weight if t["lam"] is None else t["lam"]
     had, em = r["by_class"].get("hadronic", {}), r["by_class"].get("electromagnetic", {})
     c = r.get("comparison")
-    paired = (f"{c['ratio_difference']:+.2f} ({c['ratio_interval'][0]:+.2f} to {c['ratio_interval'][1]:+.2f})"
-              if c else "")
+    paired = (f"{_reference(c['checkpoint'])}: {c['ratio_difference']:+.2f} ({c['ratio_interval'][0]:+.2f} to "
+              f"{c['ratio_interval'][1]:+.2f})" if c else "")
     calibration = f"{r['calibration']:.3f}" + (f" ({100 * r['calibration'] / ceiling:.0f} %)" if ceiling else "")
     lo, hi = r.get("ratio_interval", (float("nan"),) * 2)
     return (f"| {name} | {lam:g} | {r['best_epoch']}/{r['epochs_run']} | {r['minutes']:.0f} "
@@ -61,9 +67,8 @@ def table(folders: list[Path]) -> str:
     done = {name: r for name, r in runs.items() if r is not None}
     ceiling_report = next((r for r in done.values() if "ceiling" in r), None)
     ceiling = ceiling_report["calibration_ceiling"] if ceiling_report else None
-    reference = next((r["comparison"]["checkpoint"] for r in done.values() if "comparison" in r), None)
-    lines = ["| run (regularizer-seed) | lambda | best epoch | training minutes | WS / floor (90 %) "
-             f"| minus {reference or 'the reference run'} (paired, 90 %) | channels 1-5 | hadronic / EM "
+    lines = ["| run (regularizer-seed) | lambda | best epoch | minutes of training steps | WS / floor (90 %) "
+             "| minus the run named (paired, 90 %) | channels 1-5 | hadronic / EM "
              "| systematic WS (photons) | calibration (of ceiling) | spread bias hadronic / EM | EM total error |",
              "|" + "---|" * 12]
     for name, r in runs.items():

@@ -247,7 +247,7 @@ def test_regularizer_table_from_run_records(trained_run, tiny_file, tmp_path, ca
     assert len(cells) == 12 and cells[2] == f"{checkpoint.load(best)[1]['epoch']}/{epochs}"
     assert cells[3] == f"{seconds / 60:.0f}"
     assert cells[4].startswith(f"**{report['ratio_to_floor']:.2f}**")
-    assert cells[5].startswith("+0.00 (+0.00 to +0.00)") and best in lines[2]
+    assert cells[5] == "sdi-0: +0.00 (+0.00 to +0.00)"
     assert "| none-0 | not run yet |" in "\n".join(lines)
     assert any(line.startswith("| perfect simulator |") for line in lines)
 
