@@ -41,7 +41,7 @@ def test_exported_graph_matches_the_simulator_at_any_batch_size(sim, tmp_path):
 
 
 def test_a_bounded_total_model_exports_its_responses(tmp_path):
-    """The default recipe's bounded total (energy x full yield x a fraction) reads the particle's
+    """The bounded total (model option bounded_total: energy x full yield x a fraction) reads the particle's
     energy inside the graph: the exported graph gives the Simulator's responses, bounded alike."""
     from tests.conftest import save_tiny_model
 
