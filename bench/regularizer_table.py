@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from zdc_sim import checkpoint, regularizers
+from training.config import TrainConfig
+from zdc_sim import checkpoint
 
 
 def _run(folder: Path) -> dict | None:
@@ -42,24 +43,24 @@ def _reference(checkpoint_name: str) -> str:
 
 
 def row(name: str, r: dict, ceiling: float | None) -> str:
-    t = r["training"]
-    lam = regularizers.CLASSES[t["regularizer"]].default_weight if t["lam"] is None else t["lam"]
-    had, em = r["by_class"].get("hadronic", {}), r["by_class"].get("electromagnetic", {})
+    weight = TrainConfig(**r["training"]).weight
     c = r.get("comparison")
     paired = (f"{_reference(c['checkpoint'])}: {c['ratio_difference']:+.2f} ({c['ratio_interval'][0]:+.2f} to "
               f"{c['ratio_interval'][1]:+.2f})" if c else "")
-    calibration = f"{r['calibration']:.3f}" + (f" ({100 * r['calibration'] / ceiling:.0f} %)" if ceiling else "")
+    return (f"| {name} | {weight:g} | {r['best_epoch']}/{r['epochs_run']} | {r['minutes']:.0f} "
+            f"| {_scores(r, ceiling, paired, bold=True)} |")
+
+
+def _scores(r: dict, ceiling: float | None, paired: str = "", bold: bool = False) -> str:
+    """The cells from the ratio on: the same for a run and for the perfect simulator."""
+    classes = [r["by_class"].get(c, {}).get("ratio_to_floor") for c in ("hadronic", "electromagnetic")]
+    ratio = f"**{r['ratio_to_floor']:.2f}**" if bold else f"{r['ratio_to_floor']:.2f}"
     lo, hi = r.get("ratio_interval", (float("nan"),) * 2)
-    return (f"| {name} | {lam:g} | {r['best_epoch']}/{r['epochs_run']} | {r['minutes']:.0f} "
-            f"| **{r['ratio_to_floor']:.2f}** ({lo:.2f}-{hi:.2f}) | {paired} | {_f(r['ratio_channels'])} "
-            f"| {_f([had.get('ratio_to_floor'), em.get('ratio_to_floor')])} "
+    calibration = f"{r['calibration']:.3f}" + (f" ({100 * r['calibration'] / ceiling:.0f} %)" if ceiling else "")
+    total_error = _n(100 * r["em_total_error"], "{:.1f} %") if "em_total_error" in r else "n/a"
+    return (f"{ratio} ({lo:.2f}-{hi:.2f}) | {paired} | {_f(r['ratio_channels'])} | {_f(classes)} "
             f"| {r['systematic']['mean_photons']:.0f} | {calibration} "
-            f"| {_f([r['spread_bias']['hadronic'], r['spread_bias']['electromagnetic']], '{:+.2f}')} "
-            f"| {_total_error(r)} |")
-
-
-def _total_error(r: dict) -> str:
-    return _n(100 * r["em_total_error"], "{:.1f} %") if "em_total_error" in r else "n/a"
+            f"| {_f([r['spread_bias']['hadronic'], r['spread_bias']['electromagnetic']], '{:+.2f}')} | {total_error}")
 
 
 def table(folders: list[Path]) -> str:
@@ -74,14 +75,7 @@ def table(folders: list[Path]) -> str:
     for name, r in runs.items():
         lines.append(row(name, r, ceiling) if r else f"| {name} | not run yet |" + " |" * 10)
     if ceiling_report:
-        p = ceiling_report["ceiling"]
-        lo, hi = p.get("ratio_interval", (float("nan"),) * 2)
-        lines.append(f"| perfect simulator | | | | {p['ratio_to_floor']:.2f} ({lo:.2f}-{hi:.2f}) | "
-                     f"| {_f(p['ratio_channels'])} "
-                     f"| {_f([p['by_class'].get(c, {}).get('ratio_to_floor') for c in ('hadronic', 'electromagnetic')])} "
-                     f"| {p['systematic']['mean_photons']:.0f} | {p['calibration']:.3f} "
-                     f"| {_f([p['spread_bias']['hadronic'], p['spread_bias']['electromagnetic']], '{:+.2f}')} "
-                     f"| {_total_error(p)} |")
+        lines.append(f"| perfect simulator | | | | {_scores(ceiling_report['ceiling'], None)} |")
     first = next(iter(done.values()), None)
     if first:
         lines.insert(0, f"{first['particles']:,} held-out particles x {first['repeats']} repeats ({first['data']})\n")
