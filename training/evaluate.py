@@ -15,13 +15,14 @@ import warnings
 
 import numpy as np
 
-from zdc_sim import geometry, rootio, metrics, reference, species
+from zdc_sim import features as feature_rules, geometry, rootio, metrics, reference, species
 from zdc_sim.errors import ZdcError
 from zdc_sim.simulator import Simulator
 
 from .data import load
 
 DEFAULT_SAMPLES = 10
+CHUNK_ROWS = 16_384  # responses simulated and reduced at a time: the images of 30,000 x 10 would be ~10 GB
 BOOTSTRAP = 200  # resamples of the particles for the interval of the mean ratio
 
 
@@ -37,8 +38,7 @@ def _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, r
     """(report, generated channels (P, M, 5)): evaluate_particles, keeping what it simulated."""
     n_particles, k = real_channels.shape[:2]
     samples = max(samples, k // 2)
-    generated, generated_centres = _channels_and_centres(
-        simulator.simulate(np.repeat(features, samples, axis=0), seed=seed, extrapolate=True).counts, n_particles, samples)
+    generated, generated_centres = _simulated_channels_and_centres(simulator, features, samples, seed)
     report = _scores(real_channels, generated, pdg, real_centres, generated_centres, bootstrap)
     report.update(particles=int(n_particles), repeats=int(k), samples=int(samples))
     if ceiling:
@@ -50,6 +50,21 @@ def _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, r
         report.update(calibration_ceiling=perfect["calibration"], ceiling_ratio_to_floor=perfect["ratio_to_floor"],
                       ceiling_spread_bias=perfect["spread_bias"])
     return report, generated
+
+
+def _simulated_channels_and_centres(simulator: Simulator, features: np.ndarray, samples: int, seed: int):
+    """Channels (P, M, 5) and centres (P, M, 2) of `samples` responses per particle, simulated
+    CHUNK_ROWS at a time and reduced at once, so only the reductions are kept. Each chunk takes its
+    rows' own draws (Simulator.draws with start), so the responses are those of one `simulate` call."""
+    rows = np.repeat(feature_rules.validate(features), samples, axis=0)
+    channels = np.empty((len(rows), geometry.N_CHANNELS))
+    centres = np.empty((len(rows), 2))
+    for start in range(0, len(rows), CHUNK_ROWS):
+        chunk = rows[start:start + CHUNK_ROWS]
+        counts = simulator.simulate_draws(chunk, simulator.draws(len(chunk), seed, start)).counts
+        channels[start:start + len(chunk)] = geometry.channel_sums(counts)
+        centres[start:start + len(chunk)] = metrics.shower_centres(counts)
+    return channels.reshape(len(features), samples, -1), centres.reshape(len(features), samples, 2)
 
 
 def _channels_and_centres(counts: np.ndarray, n_particles: int, samples: int):

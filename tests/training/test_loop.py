@@ -220,6 +220,23 @@ def test_cli_evaluate_reports_and_plots(trained_run, tiny_file, tmp_path, capsys
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_evaluation_simulates_in_chunks_with_the_draws_of_one_call(trained_run, tiny_file, monkeypatch):
+    """The evaluation reduces the responses chunk by chunk (it would otherwise hold ~10 GB of images
+    on 30,000 particles); the chunks, not aligned to the draws' blocks, give one call's responses."""
+    from training import evaluate
+
+    sim = Simulator.load(trained_run / "best.safetensors")
+    feats, _, _ = evaluate.load_particles(tiny_file)
+    monkeypatch.setattr(evaluate, "CHUNK_ROWS", 7)
+    channels, centres = evaluate._simulated_channels_and_centres(sim, feats, 3, seed=5)
+    whole = sim.simulate(np.repeat(feats, 3, axis=0), seed=5, extrapolate=True).counts
+    assert channels.shape == (len(feats), 3, 5) and len(feats) * 3 > 2 * 7
+    expected_channels, expected_centres = evaluate._channels_and_centres(whole, len(feats), 3)
+    np.testing.assert_allclose(channels, expected_channels, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(centres, expected_centres, rtol=1e-5, atol=1e-5)
+    assert channels.sum() > 0
+
+
 def test_regularizer_table_from_run_records(trained_run, tiny_file, tmp_path, capsys):
     """bench/regularizer_table.py (make compare-regularizers) reads a run's evaluation.json, its
     checkpoint's recipe and its epochs' seconds; a model compared with itself on the same seed
