@@ -53,11 +53,11 @@ class TrainConfig:
     # At each epoch's end, a copy of the moving average gets its shape temperature fitted (one
     # factor on the latent the shape stack reads, chosen on the towers' WS of training particles),
     # then its total head refitted by the energy score of the total per GeV for total_refit steps
-    # (training/calibrate.py; 0 disables); that copy is validated and, when best, saved (then the
-    # intensity factor at the end of the run).
+    # (training/calibrate.py; 0 disables), then given its own intensity factor; that copy is
+    # validated and, when best, saved.
     shape_temperature: bool = True
     total_refit: int = 2000
-    fit_intensity: bool = True  # fit one factor on counts to the training data at the end
+    fit_intensity: bool = True  # fit one factor on counts to the training data, each epoch
     prefit_steps: int = 1500  # optimizer steps starting the location-scale total heads (training/prefit.py)
     seed: int = 0
     val_fraction: float = 0.1

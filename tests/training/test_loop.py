@@ -52,9 +52,13 @@ def test_training_writes_checkpoints_log_and_plots(trained_run, tiny_file):
     sim = Simulator.load(best)
     meta = sim.metadata
     assert meta["training"]["regularizer"] == "sdi" and meta["standardizer"]["names"][0] == "energy"
-    # The best epoch is chosen on the validation of the refitted candidate, which is what is shipped.
-    assert meta["dataset_fingerprint"].startswith("sha256:") and meta["validation_before_intensity"]["ws_mean"] == min(
-        r["val"]["ws_mean"] for r in records)
+    # The best epoch is chosen on the validation of the refitted candidate with its own intensity
+    # factor, which is what is shipped.
+    best_record = min(records, key=lambda r: r["val"]["ws_mean"])
+    assert meta["dataset_fingerprint"].startswith("sha256:") and meta["validation"] == best_record["val"]
+    assert meta["epoch"] == best_record["epoch"] and meta["intensity_factor"] == best_record["intensity_factor"]
+    assert all(0.9 <= r["intensity_factor"] <= 1.1 and "ws_mean" in r["val_before_intensity"] for r in records)
+    assert meta["validation_before_intensity"] == best_record["val_before_intensity"]
     assert all(r["total_refit"]["steps"] == 10 and "ws_mean" in r["val_before_refit"] for r in records)
     # The shape temperature is fitted before the refit, on the grid, and shipped with the best epoch.
     assert all(r["shape_temperature"]["temperature"] in r["shape_temperature"]["temperatures"] for r in records)
@@ -92,6 +96,15 @@ def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, 
     expected = 2e-4 * max(0.05, 1 - (total - 1 - decay_from) / (total - decay_from))
     assert meta_last["optimizers"]["opt_g"][0]["lr"] == pytest.approx(expected) and expected < 2e-4 / 2
     assert "intensity factor" not in (out / "metrics.jsonl").read_text()
+
+
+def test_intensity_factor_alone_scales_a_copy_not_the_moving_average(tiny_file, tmp_path):
+    out = tmp_path / "intensity"
+    loop.train(_config(tiny_file, out, epochs=1, total_refit=0, shape_temperature=False), progress_bar=False)
+    last, _ = checkpoint.load(out / "last.safetensors")
+    best, meta = checkpoint.load(out / "best.safetensors")
+    assert float(last["average.intensity"]) == 1.0 and 0.9 <= meta["intensity_factor"] <= 1.1
+    assert float(best["generator.intensity"]) == pytest.approx(meta["intensity_factor"])
 
 
 def test_total_refit_moves_only_the_total_heads_of_the_shipped_average(tiny_file, tmp_path):
