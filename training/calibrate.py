@@ -1,6 +1,6 @@
-"""The calibration of each epoch's candidate after the adversarial steps, and of the best one at
-the end of a run: the shape's latent temperature, the total head refitted by a proper scoring
-rule, and one intensity factor on counts. Each is fitted on training particles and recorded.
+"""The calibration of each epoch's candidate after the adversarial steps, before the best epoch is
+chosen: the shape's latent temperature, the total head refitted by a proper scoring rule, and one
+intensity factor on counts. Each is fitted on training particles and recorded.
 
 The shape: adversarial training leaves the showers of one particle more varied than real ones (the
 towers that do not hold the impact point fluctuate 1.25x too much from one latent to the next, so

@@ -95,7 +95,7 @@ def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, 
     decay_from = (1 - 1 / 3) * total
     expected = 2e-4 * max(0.05, 1 - (total - 1 - decay_from) / (total - decay_from))
     assert meta_last["optimizers"]["opt_g"][0]["lr"] == pytest.approx(expected) and expected < 2e-4 / 2
-    assert "intensity factor" not in (out / "metrics.jsonl").read_text()
+    assert record["intensity_factor"] == factor and record["val"] == meta["validation"]
 
 
 def test_intensity_factor_alone_scales_a_copy_not_the_moving_average(tiny_file, tmp_path):
