@@ -81,9 +81,10 @@ shipped-model:
 # regularizer (SDI and the plain cGAN on seeds 0 and 1, the four others on seed 0), each scored on the
 # same 30,000 held-out ZN particles x 4 (seed 30001) and compared with SDI seed 0 by a paired
 # bootstrap (SDI seed 0 with the shipped model, and with the perfect simulator's figures). Eight
-# trainings of 85-100 minutes each on one thread (55-67 of them training steps, measured
+# trainings of 85-115 minutes each on one thread (55-68 of them training steps, measured
 # two runs at a time on 2 cores): `make -j2 compare-regularizers` starts them that way;
-# a finished run is not trained again. Records in runs/compare/<regularizer>-<seed>/.
+# a finished run is not trained again. Records in runs/compare/<regularizer>-<seed>/. The table's
+# runs were trained before each epoch got its own intensity factor (12e7b80 has that recipe).
 COMPARE_RUNS ?= sdi-0 none-0 sdi-1 none-1 ms-0 dp-0 ndiv-0 iid-0
 HELDOUT30K ?= data/heldout30k.root
 
