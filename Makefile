@@ -84,7 +84,8 @@ shipped-model:
 # trainings of 85-115 minutes each on one thread (55-68 of them training steps, measured
 # two runs at a time on 2 cores): `make -j2 compare-regularizers` starts them that way;
 # a finished run is not trained again. Records in runs/compare/<regularizer>-<seed>/. The table's
-# runs were trained before each epoch got its own intensity factor (12e7b80 has that recipe).
+# runs were trained before each epoch got its own intensity factor (12e7b80 has that recipe), and
+# fitted it on 20,000 training particles, not all of them (docs/fidelity.md).
 COMPARE_RUNS ?= sdi-0 none-0 sdi-1 none-1 ms-0 dp-0 ndiv-0 iid-0
 HELDOUT30K ?= data/heldout30k.root
 

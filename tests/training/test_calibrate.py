@@ -130,3 +130,21 @@ def test_shape_temperature_fit_recovers_the_temperature_that_made_the_showers():
     for key, value in gen.state_dict().items():  # nothing else moves
         if key in before:
             torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_intensity_is_fitted_on_every_training_particle_unless_told_fewer(tiny_checkpoint, tiny_parts):
+    """Real counts = the model's own draws x 1.00 for the first half of the particles and x 1.06 for
+    the second: fitted on all of them the factor lies between, on the first half it is 1.00."""
+    from types import SimpleNamespace
+
+    from zdc_sim.simulator import Simulator
+
+    sim = Simulator.load(tiny_checkpoint)
+    feats = tiny_parts["features"][::4]  # one row per particle
+    feats = feats[sim.reaches(feats)][:24]
+    n, k, seed = len(feats), 2, 9
+    own = sim.simulate(np.repeat(feats, k, 0), seed=seed, extrapolate=True).channels.astype(np.float64)
+    scale = np.repeat(np.where(np.arange(n) < n // 2, 1.0, 1.06), k)[:, None]
+    data = SimpleNamespace(particle_id=np.repeat(np.arange(n), k), features=np.repeat(feats, k, 0), channels=own * scale)
+    assert calibrate.fit_intensity(sim, data, seed=seed, particles=n // 2) == pytest.approx(1.0)
+    assert 1.005 < calibrate.fit_intensity(sim, data, seed=seed) < 1.055
