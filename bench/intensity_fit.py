@@ -1,7 +1,7 @@
 """How many training particles the intensity factor needs: for each checkpoint, the factor on top
 of its own that training/calibrate.py's fit_intensity finds on the first N training particles, and
-the held-out channel WS / floor with that factor applied (2 generated samples per particle against
-the first 2 real repeats; the floor is repeats 1-2 against 3-4, as zdc_sim.metrics does it).
+the held-out channel WS / floor with that factor applied (zdc_sim.metrics.ws_against_floor: K // 2
+generated samples per particle against the first K // 2 real repeats, the floor the next K // 2).
 
     python bench/intensity_fit.py zn runs/compare/sdi-1/best.safetensors \
         --train data/train100k_zn.root --heldout data/heldout30k.root --particles 20000 0
@@ -18,6 +18,7 @@ import torch
 
 from training.calibrate import fit_intensity
 from training.data import load
+from training.evaluate import load_particles
 from zdc_sim import metrics
 from zdc_sim.simulator import Simulator
 
@@ -34,22 +35,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train = load(args.train, images=False)
-    heldout = load(args.heldout, images=False)
-    _, (features, real) = metrics.group_repeats(heldout.particle_id, heldout.features, heldout.channels)
-    features = features[:, 0]
-    floor = metrics.ws_channels(real[:, :2], real[:, 2:4])
-    print(f"held-out: {len(features)} particles; floor per channel {np.round(floor, 1).tolist()}")
+    features, _, real = load_particles(args.heldout)
+    samples = real.shape[1] // 2
+    print(f"held-out: {len(features)} particles x {real.shape[1]} repeats, {samples} generated samples each")
     for path in args.checkpoints:
         simulator = Simulator.load(path)
-        generated = simulator.simulate(np.repeat(features, 2, 0), seed=HELDOUT_SEED, extrapolate=True)
-        generated = generated.channels.astype(np.float64).reshape(len(features), 2, -1)
+        generated = simulator.simulate(np.repeat(features, samples, 0), seed=HELDOUT_SEED, extrapolate=True)
+        generated = generated.channels.astype(np.float64).reshape(len(features), samples, -1)
         rows = [("as trained", 1.0)] + [
             (f"fit on {n or 'all'} particles", fit_intensity(simulator, train, seed=FIT_SEED, particles=n or None))
             for n in args.particles]
         for name, factor in rows:
-            ws = metrics.ws_channels(real[:, :2], factor * generated)
-            print(f"{path}  {name:>24}: factor {factor:.3f}  WS/floor {ws.mean() / floor.mean():.2f}  "
-                  f"channels {' / '.join(f'{r:.2f}' for r in ws / floor)}", flush=True)
+            ws = metrics.ws_against_floor(real, factor * generated)
+            ratios = np.array(ws.ws_channels) / np.array(ws.floor_channels)
+            print(f"{path}  {name:>24}: factor {factor:.3f}  WS/floor {ws.ratio_to_floor:.2f} (floor {ws.ws_floor:.1f})  "
+                  f"channels {' / '.join(f'{r:.2f}' for r in ratios)}", flush=True)
 
 
 if __name__ == "__main__":
