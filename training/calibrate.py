@@ -205,3 +205,30 @@ def fit_intensity(simulator, data, seed: int, particles: int | None = None) -> f
     generated = simulator.simulate(np.repeat(feats, k, 0), seed=seed, extrapolate=True).channels.astype(np.float64)
     ws = [metrics.ws_channels(channels.reshape(-1, geometry.N_CHANNELS), f * generated).mean() for f in INTENSITY_FACTORS]
     return float(INTENSITY_FACTORS[int(np.argmin(ws))])
+
+
+INTENSITY_SEED = 12346  # the seed of the generated samples each epoch's factor is fitted on
+
+
+def refit_checkpoint_intensity(path, data, source: str, out=None, seed: int = INTENSITY_SEED) -> dict:
+    """Refit a trained checkpoint's intensity factor on every particle of `data` (its training set,
+    read from the file `source`) and write the checkpoint to `out` (in place when None), atomically.
+    The models trained before the factor was fitted on all training particles carry a factor 0.5-1 %
+    off; a model trained since gets ~1.000 here. Returns the record also stored in the metadata as
+    `intensity_refit`; the stored `validation` figures are those of the training epoch, before it."""
+    from zdc_sim import checkpoint
+    from zdc_sim.simulator import Simulator
+
+    simulator = Simulator.load(path, device="cpu")
+    generator = simulator.generator
+    factor = fit_intensity(simulator, data, seed=seed)
+    before = float(generator.intensity)
+    generator.intensity.mul_(factor)
+    record = {"factor": factor, "intensity_before": before, "intensity_after": float(generator.intensity),
+              "particles": int(len(np.unique(data.particle_id))), "data": str(source),
+              "data_fingerprint": checkpoint.file_fingerprint(source), "seed": seed}
+    _, metadata = checkpoint.load(path)
+    metadata = {k: v for k, v in metadata.items() if k not in ("format", "code_version")}
+    metadata.update(intensity_factor=record["intensity_after"], intensity_refit=record)
+    checkpoint.save(out or path, checkpoint.prefixed("generator", generator.state_dict()), metadata)
+    return record

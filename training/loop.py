@@ -302,7 +302,7 @@ class _Run:
         if candidate is self.average:
             candidate = copy.deepcopy(candidate)
         simulator = Simulator(candidate, self.standardizer, device=self.device)
-        factor = calibrate.fit_intensity(simulator, self.train_set, seed=VALIDATION_SEED + 1)
+        factor = calibrate.fit_intensity(simulator, self.train_set, seed=calibrate.INTENSITY_SEED)
         candidate.intensity.mul_(factor)
         return candidate, factor, before
 

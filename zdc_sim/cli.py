@@ -148,6 +148,19 @@ def _evaluate(args) -> None:
         print(json.dumps(report))
 
 
+def _refit_intensity(args) -> None:
+    from training.calibrate import refit_checkpoint_intensity
+    from training.data import load
+
+    from . import checkpoint
+
+    detector = checkpoint.load(args.checkpoint)[1]["model"]["detector"]
+    data = load(args.data, images=False, detector=detector)
+    record = refit_checkpoint_intensity(args.checkpoint, data, args.data, out=args.out)
+    print(f"intensity factor x {record['factor']:.3f} (now {record['intensity_after']:.4f}), fitted on "
+          f"{record['particles']} particles of {args.data}; wrote {args.out or args.checkpoint}")
+
+
 def _bench_regularizers(args) -> None:
     from training.benchmark import METHODS, BenchPlan, run
 
@@ -317,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "same particles, the difference with a paired bootstrap")
     ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     ev.set_defaults(run=_evaluate)
+
+    ri = commands.add_parser("refit-intensity", help="refit a trained checkpoint's intensity factor on every "
+                             "particle of its training file (training/calibrate.py)")
+    ri.add_argument("--checkpoint", required=True, help="checkpoint written by zdc-sim train")
+    ri.add_argument("--data", required=True, help="the ROOT file it was trained on")
+    ri.add_argument("--out", help="where to write the refitted checkpoint (default: in place)")
+    ri.set_defaults(run=_refit_intensity)
 
     ex = commands.add_parser("export", help="simulate the particles of ROOT files into ROOT files of responses",
                              parents=[shared["branch_map"], shared["quiet"]])

@@ -148,3 +148,32 @@ def test_intensity_is_fitted_on_every_training_particle_unless_told_fewer(tiny_c
     data = SimpleNamespace(particle_id=np.repeat(np.arange(n), k), features=np.repeat(feats, k, 0), channels=own * scale)
     assert calibrate.fit_intensity(sim, data, seed=seed, particles=n // 2) == pytest.approx(1.0)
     assert 1.005 < calibrate.fit_intensity(sim, data, seed=seed) < 1.055
+
+
+def test_refit_intensity_writes_a_checkpoint_scaled_by_the_factor_its_training_file_calls_for(tiny_checkpoint,
+                                                                                              tiny_parts, tmp_path):
+    """A training file whose responses are the model's own draws x 1.04 (the draws the fit makes:
+    same seed, same particles in the same order) calls for exactly 1.04; the refitted copy carries it
+    and the record, and the checkpoint it came from is left as it was."""
+    from zdc_sim import checkpoint, rootio
+    from zdc_sim.cli import main
+    from zdc_sim.simulator import Simulator
+
+    sim = Simulator.load(tiny_checkpoint)
+    feats, pdg = tiny_parts["features"][::4], tiny_parts["pdg"][::4]
+    a_side = np.all(geometry.to_a_side(feats) == feats, axis=1) & sim.reaches(feats)
+    feats, pdg, k = feats[a_side], pdg[a_side], 2
+    counts = sim.simulate(np.repeat(feats, k, 0), seed=calibrate.INTENSITY_SEED, extrapolate=True).counts
+    train = tmp_path / "train.root"
+    rootio.write_dataset(train, [{"features": np.repeat(feats, k, 0), "pdg": np.repeat(pdg, k),
+                                  "particle_id": np.repeat(np.arange(len(feats)), k),
+                                  "response_zn": (1.04 * counts).astype(np.float32)}])
+    original = tiny_checkpoint.read_bytes()
+    out = tmp_path / "refitted.safetensors"
+    assert main(["refit-intensity", "--checkpoint", str(tiny_checkpoint), "--data", str(train), "--out", str(out)]) == 0
+    assert tiny_checkpoint.read_bytes() == original
+    tensors, metadata = checkpoint.load(out)
+    assert float(tensors["generator.intensity"]) == pytest.approx(1.04 * float(sim.generator.intensity))
+    assert metadata["intensity_refit"]["factor"] == pytest.approx(1.04)
+    assert metadata["intensity_refit"]["particles"] == len(feats)
+    assert metadata["model"] == checkpoint.load(tiny_checkpoint)[1]["model"]
