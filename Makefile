@@ -11,7 +11,7 @@ HELDOUT_ZP ?= data/heldout_zp.root
 MODEL_DIR := zdc_sim/default_model
 
 .PHONY: run test test-all test-slow bench bench-regularizers clean default-model default-model-zp \
-	compare-regularizers
+	compare-regularizers compare-regularizers-refit
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +107,23 @@ runs/compare/%/evaluation.json: runs/compare/%/trained runs/compare/sdi-0/traine
 	$(BIN)/zdc-sim evaluate --checkpoint runs/compare/$*/best.safetensors --data $(HELDOUT30K) --json \
 		$(or $(EVALUATE_FLAGS),--compare runs/compare/sdi-0/best.safetensors) > runs/compare/$*/evaluation.txt
 	tail -n 1 runs/compare/$*/evaluation.txt > $@
+
+# The same runs with their intensity factor refitted on every training particle (the table's
+# "refitted" rows): each plain-cGAN seed paired with the SDI run of its seed, the other methods
+# with SDI seed 0; SDI's own figures are the compared model's in its partner's evaluation.
+REFIT_RUNS ?= none-0 none-1 iid-0 dp-0 ndiv-0 ms-0
+compare-regularizers-refit: $(foreach run,$(REFIT_RUNS),runs/compare/$(run)/evaluation-refit.json)
+
+.PRECIOUS: runs/compare/%/refit.safetensors
+runs/compare/%/refit.safetensors: runs/compare/%/trained
+	$(BIN)/zdc-sim refit-intensity --checkpoint runs/compare/$*/best.safetensors --data data/train100k_zn.root --out $@
+
+runs/compare/none-1/evaluation-refit.json: REFIT_PARTNER = sdi-1
+runs/compare/%/evaluation-refit.json: runs/compare/%/refit.safetensors runs/compare/sdi-0/refit.safetensors \
+		runs/compare/sdi-1/refit.safetensors | $(HELDOUT30K)
+	$(BIN)/zdc-sim evaluate --checkpoint runs/compare/$*/refit.safetensors --data $(HELDOUT30K) --json \
+		--compare runs/compare/$(or $(REFIT_PARTNER),sdi-0)/refit.safetensors > runs/compare/$*/evaluation-refit.txt
+	tail -n 1 runs/compare/$*/evaluation-refit.txt > $@
 
 data/train100k_zn.root: | $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 100000 --repeats 2 --seed 1 --reaching zn --out $@ --quiet
