@@ -17,7 +17,7 @@ import copy
 import numpy as np
 import torch
 
-from training.evaluate import load_particles
+from training.evaluate import _simulated_channels_and_centres as simulate, load_particles
 from zdc_sim import metrics, species
 from zdc_sim.models import Generator
 from zdc_sim.simulator import Simulator
@@ -42,14 +42,6 @@ class ShiftedCentre(Generator):
 
     def impact_point(self, features):
         return super().impact_point(features) + self._shift
-
-
-def simulate(simulator: Simulator, feats: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Channels (P, samples, 5) and centres (P, samples, 2) cm."""
-    out = simulator.simulate(np.repeat(feats, samples, 0), seed=SEED, extrapolate=True)
-    centres = metrics.shower_centres(out.counts)
-    return (out.channels.astype(np.float64).reshape(len(feats), samples, -1),
-            centres.reshape(len(feats), samples, 2))
 
 
 def bands(real: np.ndarray, generated: np.ndarray) -> None:
@@ -95,7 +87,7 @@ def main() -> None:
     feats, pdg, real, real_centres = load_particles(args.heldout, args.particles, with_centres=True)
     samples = real.shape[1] // 2
     simulator = Simulator.load(args.checkpoint)
-    generated, generated_centres = simulate(simulator, feats, samples)
+    generated, generated_centres = simulate(simulator, feats, samples, SEED)
     print(f"{args.checkpoint} on {args.heldout}: {len(feats)} particles, {samples} generated samples each")
     print("WS by quantile band of each channel (generated vs real repeats 1-%d):" % samples)
     bands(real[:, :samples].reshape(-1, 5), generated.reshape(-1, 5))
@@ -105,7 +97,7 @@ def main() -> None:
         shifted = copy.deepcopy(simulator.generator)
         shifted.__class__ = ShiftedCentre
         shifted.shift_cm = torch.tensor([float(v) for v in spec.split(",")])
-        channels, _ = simulate(Simulator(shifted, simulator.standardizer, metadata=simulator.metadata), feats, samples)
+        channels, _ = simulate(Simulator(shifted, simulator.standardizer, metadata=simulator.metadata), feats, samples, SEED)
         ws = metrics.ws_against_floor(real, channels)
         ratios = np.array(ws.ws_channels) / np.array(ws.floor_channels)
         print(f"centre shifted by {spec} cm (sigma x, y): WS / floor {ws.ratio_to_floor:.2f}, channels "
