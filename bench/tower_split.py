@@ -17,7 +17,7 @@ import copy
 import numpy as np
 import torch
 
-from training.evaluate import _simulated_channels_and_centres as simulate, load_particles
+from training.evaluate import load_particles, simulated_channels_and_centres as simulate
 from zdc_sim import metrics, species
 from zdc_sim.models import Generator
 from zdc_sim.simulator import Simulator

@@ -38,7 +38,7 @@ def _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, r
     """(report, generated channels (P, M, 5)): evaluate_particles, keeping what it simulated."""
     n_particles, k = real_channels.shape[:2]
     samples = max(samples, k // 2)
-    generated, generated_centres = _simulated_channels_and_centres(simulator, features, samples, seed)
+    generated, generated_centres = simulated_channels_and_centres(simulator, features, samples, seed)
     report = _scores(real_channels, generated, pdg, real_centres, generated_centres, bootstrap)
     report.update(particles=int(n_particles), repeats=int(k), samples=int(samples))
     if ceiling:
@@ -50,7 +50,7 @@ def _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, r
     return report, generated
 
 
-def _simulated_channels_and_centres(simulator: Simulator, features: np.ndarray, samples: int, seed: int):
+def simulated_channels_and_centres(simulator: Simulator, features: np.ndarray, samples: int, seed: int):
     """Channels (P, M, 5) and centres (P, M, 2) of `samples` responses per particle, simulated
     CHUNK_ROWS at a time and reduced at once, so only the reductions are kept. Each chunk takes its
     rows' own draws (Simulator.draws with start), so the responses are those of one `simulate` call."""

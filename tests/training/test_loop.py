@@ -241,7 +241,7 @@ def test_evaluation_simulates_in_chunks_with_the_draws_of_one_call(trained_run, 
     sim = Simulator.load(trained_run / "best.safetensors")
     feats, _, _ = evaluate.load_particles(tiny_file)
     monkeypatch.setattr(evaluate, "CHUNK_ROWS", 7)
-    channels, centres = evaluate._simulated_channels_and_centres(sim, feats, 3, seed=5)
+    channels, centres = evaluate.simulated_channels_and_centres(sim, feats, 3, seed=5)
     whole = sim.simulate(np.repeat(feats, 3, axis=0), seed=5, extrapolate=True).counts
     assert channels.shape == (len(feats), 3, 5) and len(feats) * 3 > 2 * 7
     expected_channels, expected_centres = evaluate._channels_and_centres(whole, len(feats), 3)
