@@ -216,6 +216,7 @@ def test_cli_evaluate_reports_and_plots(trained_run, tiny_file, tmp_path, capsys
     assert any("model / floor" in line for line in printed)
     assert len(report["ratio_channels"]) == 5 and report["ratio_interval"][0] < report["ratio_interval"][1]
     assert set(report["by_class"]) <= {"hadronic", "electromagnetic"} and report["by_class"]
+    assert all(len(r["scale_channels"]) == 5 and min(r["scale_channels"]) > 0 for r in report["by_class"].values())
     assert report["ceiling"]["ratio_to_floor"] == report["ceiling_ratio_to_floor"]
     if report["em_particles"] >= 20:  # fewer showers give no figure
         assert report["ceiling"]["em_total_error"] < 0.1 and report["ceiling"]["em_centre_error_cm"] < 0.1
@@ -388,3 +389,17 @@ def test_model_options_choose_the_structure(tiny_file, tmp_path):
         _config(tiny_file, tmp_path, model_options={"halo": True, "impact_frame": False})
     with pytest.raises(ConfigError, match=r"'model_options' \{'colour': 1\}:.*colour"):
         _config(tiny_file, tmp_path, model_options={"colour": 1})
+
+
+def test_each_class_reports_its_own_scale_per_channel():
+    """EM responses generated 2 % high and hadronic ones 1 % low per channel: each class's mean
+    generated / real counts reads its own factor, which one WS ratio would not name."""
+    from training.evaluate import _scores
+
+    rng = np.random.default_rng(3)
+    pdg = np.repeat([22, 2112], 200)
+    real = rng.gamma(400.0, 5.0, (400, 4, 5))  # 5 % spread: each class's mean known to 0.25 %
+    generated = rng.gamma(400.0, 5.0, (400, 4, 5)) * np.where(pdg == 22, 1.02, 0.99)[:, None, None]
+    report = _scores(real, generated, pdg)
+    np.testing.assert_allclose(report["by_class"]["electromagnetic"]["scale_channels"], 1.02, atol=0.008)
+    np.testing.assert_allclose(report["by_class"]["hadronic"]["scale_channels"], 0.99, atol=0.008)
