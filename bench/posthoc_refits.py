@@ -42,7 +42,7 @@ def shape_parameters(generator: Generator) -> list[torch.nn.Parameter]:
 
 SHAPE_BATCH = 128  # particles per step of the shape refit
 SHAPE_SAMPLES = 4  # generated responses per particle in each step
-SHAPE_LR = 2e-5
+SHAPE_LR = 5e-5
 SHAPE_HELD = 2000  # at most this many of the last 10 % of the particles score the refit before and after
 
 
@@ -100,16 +100,11 @@ def generated_centres(generator: Generator, features: torch.Tensor, latents: tor
                       chunk: int = 1024) -> torch.Tensor:
     """(P, 2) count-weighted centre in cm of each particle's mean response on the face, averaged
     over its latents (P, S, latent_dim); NaN where a response is empty."""
-    det = generator.config.geometry
-    x_cm, y_cm = (torch.tensor(v, dtype=torch.float32) for v in (det.pixel_x_cm, det.pixel_y_cm))
     x = features.float().repeat_interleave(latents.shape[1], 0)
     z = latents.flatten(0, 1)
-    centres = []
-    for i in range(0, len(x), chunk):
-        mean = generator.mean_counts(z[i : i + chunk], x[i : i + chunk])
-        total = mean.sum((1, 2))
-        centres.append(torch.stack([(mean.sum(1) * x_cm).sum(1), (mean.sum(2) * y_cm).sum(1)], 1) / total[:, None])
-    return torch.cat(centres).view(len(features), latents.shape[1], 2).mean(1)
+    centres = [metrics.shower_centres(generator.mean_counts(z[i : i + chunk], x[i : i + chunk]).numpy())
+               for i in range(0, len(x), chunk)]
+    return torch.from_numpy(np.concatenate(centres)).view(len(features), latents.shape[1], 2).mean(1)
 
 
 IMPACT_SAMPLES = 2  # generated responses per particle whose centres the impact refit compares
@@ -137,7 +132,6 @@ def refit_impact(generator: Generator, features: torch.Tensor, real_centres: np.
                           generator=torch.Generator().manual_seed(seed))
     condition = generator.conditioner(features[inside].float()).double()
     design = torch.cat([condition, torch.ones(len(condition), 1, dtype=torch.float64)], 1)
-    gram = design.T @ design + 1e-6 * len(design) * torch.eye(design.shape[1], dtype=torch.float64)
 
     def residual() -> torch.Tensor:
         return real[inside] - generated_centres(generator, features[inside], latents[inside]).double()
@@ -152,9 +146,9 @@ def refit_impact(generator: Generator, features: torch.Tensor, real_centres: np.
     before = signed_um(r)
     for _ in range(passes):
         keep = torch.isfinite(r).all(1)
-        solution = torch.linalg.solve(gram, design[keep].T @ r[keep]) if keep.all() else torch.linalg.solve(
-            design[keep].T @ design[keep] + 1e-6 * int(keep.sum()) * torch.eye(design.shape[1], dtype=torch.float64),
-            design[keep].T @ r[keep])
+        d = design[keep]
+        solution = torch.linalg.solve(d.T @ d + 1e-6 * len(d) * torch.eye(d.shape[1], dtype=torch.float64),
+                                      d.T @ r[keep])
         generator.impact_weight.add_(solution[:-1].T.float())
         generator.impact_bias.add_(solution[-1].float())
         r = residual()
@@ -171,7 +165,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where to write the refitted checkpoint")
     parser.add_argument("--particles", type=int, default=100000, help="training particles used (default all)")
     parser.add_argument("--steps", type=int, default=300, help="shape: steps of 128 particles x 4 responses")
-    parser.add_argument("--lr", type=float, default=5e-5, help="shape: Adam's learning rate")
+    parser.add_argument("--lr", type=float, default=SHAPE_LR, help="shape: Adam's learning rate")
     parser.add_argument("--marginal", action="store_true", help="shape: per-channel scores in one scale")
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
