@@ -57,7 +57,7 @@ class TrainConfig:
     # validated and, when best, saved.
     shape_temperature: bool = True
     total_refit: int = 2000
-    fit_intensity: bool = True  # fit one factor on counts to all training particles, each epoch
+    fit_intensity: bool = True  # fit a factor on counts, and one on EM showers', to all training particles, each epoch
     prefit_steps: int = 1500  # optimizer steps starting the location-scale total heads (training/prefit.py)
     seed: int = 0
     val_fraction: float = 0.1

@@ -247,9 +247,10 @@ class _Run:
                       "loss_reg": float(mean_losses.regularizer), "loss_score": float(mean_losses.score)}
             extra = {}
             if self.config.fit_intensity:
-                candidate, factor, before = self._with_intensity(candidate)
-                record.update(intensity_factor=factor, val_before_intensity=before)
-                extra.update(intensity_factor=factor, validation_before_intensity=before)
+                candidate, factors, before = self._with_intensity(candidate)
+                fitted = {"intensity_factor": factors["factor"], "em_intensity_factor": factors["em_factor"]}
+                record.update(fitted, val_before_intensity=before)
+                extra.update(fitted, validation_before_intensity=before)
             report = record["val"] = self.validate(candidate)
             if fits:
                 record.update(fits, val_before_refit=self.validate())
@@ -293,18 +294,17 @@ class _Run:
                                                          config.total_refit, seed=config.seed * 1000 + self.progress.epoch)
         return candidate.to(self.device), fits
 
-    def _with_intensity(self, candidate: Generator) -> tuple[Generator, float, dict]:
-        """This epoch's candidate times its own intensity factor (training/calibrate.py), fitted
-        before the best epoch is chosen: a 1 % scale error alone moved one run's second epoch from
-        1.77x to 2.57x the floor, so candidates are compared with their scale set. Returns the
-        scaled copy, the factor and the validation before it."""
+    def _with_intensity(self, candidate: Generator) -> tuple[Generator, dict, dict]:
+        """This epoch's candidate times its own intensity factors, common and electromagnetic
+        (training/calibrate.py), fitted before the best epoch is chosen: a 1 % scale error alone
+        moved one run's second epoch from 1.77x to 2.57x the floor, so candidates are compared with
+        their scale set. Returns the scaled copy, the factors and the validation before them."""
         before = self.validate(candidate)
         if candidate is self.average:
             candidate = copy.deepcopy(candidate)
-        simulator = Simulator(candidate, self.standardizer, device=self.device)
-        factor = calibrate.fit_intensity(simulator, self.train_set, seed=calibrate.INTENSITY_SEED)
-        candidate.intensity.mul_(factor)
-        return candidate, factor, before
+        factors = calibrate.apply_intensities(candidate, lambda g: Simulator(g, self.standardizer, device=self.device),
+                                              self.train_set, seed=calibrate.INTENSITY_SEED)
+        return candidate, factors, before
 
     def _check_replicas(self) -> None:
         """DDP keeps replicas identical; verify it, since a silent divergence would waste a run."""

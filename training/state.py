@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from zdc_sim import checkpoint
+from zdc_sim.models import Generator, with_post_processing_defaults
 
 from .config import ConfigError, TrainConfig
 
@@ -65,7 +66,8 @@ def load(path: Path, config: TrainConfig, fingerprint: str, device: torch.device
         raise ConfigError(f"cannot resume from '{path}': config differs in {changed}; expected the same config "
                           f"(only {', '.join(RESUMABLE_CHANGES)} may change)")
     for name, module in modules.items():
-        module.load_state_dict(checkpoint.unprefixed(name, tensors))
+        weights = checkpoint.unprefixed(name, tensors)
+        module.load_state_dict(with_post_processing_defaults(weights) if isinstance(module, Generator) else weights)
     latent_rng.set_state(tensors["rng.latents"].cpu())
     for name, optimizer in optimizers.items():
         checkpoint.load_optimizer(optimizer, name, tensors, meta["optimizers"][name])

@@ -157,7 +157,8 @@ def _refit_intensity(args) -> None:
     detector = checkpoint.load(args.checkpoint)[1]["model"]["detector"]
     data = load(args.data, images=False, detector=detector)
     record = refit_checkpoint_intensity(args.checkpoint, data, args.data, out=args.out)
-    print(f"intensity factor x {record['factor']:.3f} (now {record['intensity_after']:.4f}), fitted on "
+    print(f"intensity factor x {record['factor']:.3f} (now {record['intensity_after']:.4f}), electromagnetic "
+          f"x {record['em_factor']:.3f} on top (now {record['em_intensity_after']:.4f}), fitted on "
           f"{record['particles']} particles of {args.data}; wrote {args.out or args.checkpoint}")
 
 
@@ -331,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     ev.set_defaults(run=_evaluate)
 
-    ri = commands.add_parser("refit-intensity", help="refit a trained checkpoint's intensity factor on every "
-                             "particle of its training file (training/calibrate.py)")
+    ri = commands.add_parser("refit-intensity", help="refit a trained checkpoint's intensity factors (common and "
+                             "electromagnetic) on every particle of its training file (training/calibrate.py)")
     ri.add_argument("--checkpoint", required=True, help="checkpoint written by zdc-sim train")
     ri.add_argument("--data", required=True, help="the ROOT file it was trained on")
     ri.add_argument("--out", help="where to write the refitted checkpoint (default: in place)")

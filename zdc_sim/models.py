@@ -140,6 +140,16 @@ def _derived(raw: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.log(energy.clamp_min(1e-3)), tx, ty, tx * vz, ty * vz, raw[:, INDEX["charge"]] / p], 1)
 
 
+EM_MASS_MEV = 1.0  # photons (0) and electrons (0.511 MeV) lie below, every hadron and muon far above
+# Factors fitted after training (training/calibrate.py); 1 means none, as in a checkpoint from before them.
+POST_PROCESSING = ("intensity", "em_intensity", "shape_temperature")
+
+
+def with_post_processing_defaults(weights: dict) -> dict:
+    """A generator's weights with the post-processing factors it lacks set to 1 (older checkpoints)."""
+    return {**{name: torch.ones(()) for name in POST_PROCESSING}, **weights}
+
+
 class Conditioner(nn.Module):
     """Standardised features (N, 9) -> condition (N, 15): the features plus standardised derived
     quantities. Its statistics are buffers, saved with the weights."""
@@ -159,6 +169,12 @@ class Conditioner(nn.Module):
         std = derived.std(0)
         self.derived_mean.copy_(derived.mean(0))
         self.derived_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+
+    def electromagnetic(self, standardized: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the particle showers electromagnetically (photons and electrons: the only
+        species lighter than EM_MASS_MEV, zdc_sim/species.py), from its standardised mass."""
+        i = INDEX["mass"]
+        return standardized[:, i].float() * self.feature_std[i] + self.feature_mean[i] < EM_MASS_MEV
 
     def energy_gev(self, standardized: torch.Tensor) -> torch.Tensor:
         """(N,) the particles' energy in GeV, from their standardised features."""
@@ -267,6 +283,9 @@ class Generator(nn.Module):
         if config.bounded_total:  # photons per GeV of a fully contained shower (training/prefit.py)
             self.register_buffer("full_yield", torch.ones(()))
         self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
+        # and one more for electromagnetic showers: their totals spread by ~2 %, so a scale error
+        # the hadrons' factor leaves them (~1 %) reads as several floors.
+        self.register_buffer("em_intensity", torch.ones(()))
         # Post-processing factor on the latent the shape stack reads (the total head reads it as it
         # is): fitted after training (training/calibrate.py), since adversarial training leaves the
         # shapes of one particle more varied than real showers (far towers' spread 1.25x).
@@ -301,7 +320,9 @@ class Generator(nn.Module):
         else:
             log_total = self.total(inputs)
         # Bounded (e^25 ~ 7e10 photons), so a particle far outside the training range cannot overflow.
-        return log_total.clamp(-25.0, 25.0) + torch.log(self.intensity)
+        log_total = log_total.clamp(-25.0, 25.0) + torch.log(self.intensity)
+        em = self.conditioner.electromagnetic(condition[:, :N_FEATURES])[:, None]
+        return log_total + torch.where(em, torch.log(self.em_intensity), torch.zeros_like(self.em_intensity))
 
     def mean_counts(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Mean photon counts (N, 44, 44), before photon statistics."""

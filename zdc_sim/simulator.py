@@ -27,7 +27,7 @@ from .engines import make_engine, seeded_normals
 from .errors import ZdcError
 from .exports.onnx import random_feeds
 from .geometry import channel_sums
-from .models import Generator, ModelConfig
+from .models import Generator, ModelConfig, with_post_processing_defaults
 
 DEFAULT_BATCH = 4096  # rows per forward pass on CUDA
 # On CPU smaller passes keep the 44 x 44 activations in cache (faster than one large pass: docs/benchmarks.md).
@@ -105,10 +105,7 @@ class Simulator:
         meta = {**meta, "checksum": checkpoint.file_fingerprint(path), "path": str(path)}
         try:
             generator = Generator(ModelConfig.from_dict(meta["model"]))
-            weights = checkpoint.unprefixed("generator", tensors)
-            weights.setdefault("intensity", torch.ones(()))  # checkpoints from before post-processing
-            weights.setdefault("shape_temperature", torch.ones(()))  # and from before the shape's
-            generator.load_state_dict(weights)
+            generator.load_state_dict(with_post_processing_defaults(checkpoint.unprefixed("generator", tensors)))
             standardizer = features.Standardizer.from_dict(meta["standardizer"])
         except (KeyError, TypeError, RuntimeError) as exc:
             raise checkpoint.CheckpointError(

@@ -177,3 +177,39 @@ def test_refit_intensity_writes_a_checkpoint_scaled_by_the_factor_its_training_f
     assert metadata["intensity_refit"]["factor"] == pytest.approx(1.04)
     assert metadata["intensity_refit"]["particles"] == len(feats)
     assert metadata["model"] == checkpoint.load(tiny_checkpoint)[1]["model"]
+
+
+def test_the_em_factor_is_fitted_on_top_of_the_common_one(tiny_checkpoint):
+    """Real counts = the model's own draws, x 1.04 for electromagnetic showers only (their draws as
+    the EM fit makes them): the common factor moves a little, the EM one on top of it brings the EM
+    showers' product to 1.04, and both land in the generator's buffers. With fewer EM particles
+    than a class needs, no EM factor."""
+    from types import SimpleNamespace
+
+    from tests.conftest import make_parts
+    from zdc_sim import metrics, species
+    from zdc_sim.simulator import Simulator
+
+    sim = Simulator.load(tiny_checkpoint)
+    parts = make_parts(n_particles=120, repeats=1, seed=5)
+    feats, pdg = parts["features"], parts["pdg"]
+    keep = sim.reaches(feats)
+    feats, pdg = feats[keep], pdg[keep]
+    em = species.shower_class(pdg) == species.ELECTROMAGNETIC
+    assert em.sum() >= metrics.MIN_CLASS_PARTICLES and (~em).sum() >= metrics.MIN_CLASS_PARTICLES
+    k, seed = 2, 9
+    channels = sim.simulate(np.repeat(feats, k, 0), seed=seed, extrapolate=True).channels.astype(np.float64)
+    channels = channels.reshape(len(feats), k, -1)
+    own_em = sim.simulate(np.repeat(feats[em], k, 0), seed=seed, extrapolate=True).channels.astype(np.float64)
+    channels[em] = 1.04 * own_em.reshape(em.sum(), k, -1)
+    data = SimpleNamespace(particle_id=np.repeat(np.arange(len(feats)), k), features=np.repeat(feats, k, 0),
+                           pdg=np.repeat(pdg, k), channels=channels.reshape(-1, channels.shape[-1]))
+    gen = sim.generator
+    factors = calibrate.apply_intensities(gen, lambda g: Simulator(g, sim.standardizer, device="cpu"), data, seed)
+    assert factors["em_factor"] > 1.0
+    assert factors["factor"] * factors["em_factor"] == pytest.approx(1.04, abs=0.006)
+    assert float(gen.intensity) == pytest.approx(factors["factor"]) and float(gen.em_intensity) == pytest.approx(
+        factors["em_factor"])
+    few = np.isin(data.particle_id, np.flatnonzero(~em).tolist() + np.flatnonzero(em)[:3].tolist())
+    few_data = SimpleNamespace(**{k: v[few] for k, v in vars(data).items()})
+    assert calibrate.fit_em_intensity(sim, few_data, seed) == 1.0
