@@ -55,8 +55,8 @@ bench-regularizers: $(STAMP)
 # particles that reach the detector x 2 repeats (seed 1), a validation set that picks the best epoch
 # (seed 3) and the held-out set it is judged on (10,000 particles x 4, seed 2, never trained or
 # validated on). `default-model` is the ZN's, `default-model-zp` the ZP's. The best checkpoint's
-# intensity factor is refitted on every training particle on its way to the shipped file: a run of
-# today's recipe gets ~1.000 there, the runs before it a factor fitted on 20,000 (docs/fidelity.md).
+# intensity factors (common and electromagnetic) are refitted on every training particle on their way to
+# the shipped file: a run of today's recipe gets ~1.000 there (docs/fidelity.md).
 default-model: $(STAMP)
 	$(MAKE) shipped-model DETECTOR=zn TARGET=model.safetensors
 

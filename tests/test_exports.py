@@ -40,6 +40,29 @@ def test_exported_graph_matches_the_simulator_at_any_batch_size(sim, tmp_path):
         assert (responses != want.counts).mean() < 1e-3
 
 
+def test_the_em_intensity_is_in_the_exported_graph(tiny_checkpoint, tmp_path):
+    """A model with an electromagnetic intensity factor (1.5) exports it: the graph gives the
+    Simulator's channels for every species, 1.5x those of the model without it for photons and
+    electrons only."""
+    from zdc_sim import species
+
+    plain, scaled = (Simulator.load(tiny_checkpoint, device="cpu") for _ in range(2))
+    scaled.generator.em_intensity.fill_(1.5)
+    x, pdg = reference.sample_particles(600, np.random.default_rng(4))
+    em = species.shower_class(pdg) == species.ELECTROMAGNETIC
+    got = {}
+    for name, model in (("plain", plain), ("scaled", scaled)):
+        session = ort.InferenceSession(str(onnx_export.write_onnx(model, tmp_path / name)),
+                                       providers=["CPUExecutionProvider"])
+        got[name] = session.run(["CHANNELS"], {"FEATURES": x, **model.random_inputs(len(x), seed=5)})[0]
+        _close(got[name], model.simulate(x, seed=5, extrapolate=True).channels)
+    lit = got["plain"].sum(1) > 1000
+    assert (em & lit).sum() >= 10 and (~em & lit).sum() >= 10
+    ratio = got["scaled"].sum(1)[lit] / got["plain"].sum(1)[lit]
+    np.testing.assert_allclose(ratio[em[lit]], 1.5, rtol=0.03)
+    np.testing.assert_allclose(ratio[~em[lit]], 1.0, rtol=1e-6)
+
+
 def test_a_bounded_total_model_exports_its_responses(tmp_path):
     """The bounded total (model option bounded_total: energy x full yield x a fraction) reads the particle's
     energy inside the graph: the exported graph gives the Simulator's responses, bounded alike."""

@@ -241,10 +241,11 @@ INTENSITY_SEED = 12346  # the seed of the generated samples each epoch's factor 
 
 
 def refit_checkpoint_intensity(path, data, source: str, out=None, seed: int = INTENSITY_SEED) -> dict:
-    """Refit a trained checkpoint's intensity factor on every particle of `data` (its training set,
-    read from the file `source`) and write the checkpoint to `out` (in place when None), atomically.
-    The models trained before the factor was fitted on all training particles carry a factor 0.5-1 %
-    off; a model trained since gets ~1.000 here. Returns the record also stored in the metadata as
+    """Refit a trained checkpoint's intensity factors, common and electromagnetic, on every particle
+    of `data` (its training set, read from the file `source`) and write the checkpoint to `out` (in
+    place when None), atomically. The models trained before the factor was fitted on all training
+    particles carry a common factor 0.5-1 % off (a model trained since gets ~1.000 here), and those
+    trained before the EM factor get one (0.987 for one run whose EM counts sat ~1.3 % high). Returns the record also stored in the metadata as
     `intensity_refit`; the stored `validation` figures are those of the training epoch, before it."""
     from zdc_sim import checkpoint
     from zdc_sim.simulator import Simulator

@@ -53,7 +53,7 @@ class TrainConfig:
     # At each epoch's end, a copy of the moving average gets its shape temperature fitted (one
     # factor on the latent the shape stack reads, chosen on the towers' WS of training particles),
     # then its total head refitted by the energy score of the total per GeV for total_refit steps
-    # (training/calibrate.py; 0 disables), then given its own intensity factor; that copy is
+    # (training/calibrate.py; 0 disables), then given its own intensity factors; that copy is
     # validated and, when best, saved.
     shape_temperature: bool = True
     total_refit: int = 2000

@@ -90,9 +90,9 @@ def _channel_ratios(ws: metrics.WsReport) -> list[float]:
 
 
 def _scales(real_channels: np.ndarray, generated_channels: np.ndarray) -> list[float]:
-    """Mean generated / mean real counts per channel: a class's scale error, which one intensity
-    factor for all particles cannot remove (EM showers spread by ~2 %, so 1 % off reads as several
-    floors, and the hadrons set the factor)."""
+    """Mean generated / mean real counts per channel: a class's scale error (EM showers spread by
+    ~2 %, so 1 % off reads as several floors; the common intensity factor is set by the hadrons,
+    hence the EM one, training/calibrate.py)."""
     real = real_channels.reshape(-1, geometry.N_CHANNELS).mean(0)
     return (generated_channels.reshape(-1, geometry.N_CHANNELS).mean(0) / np.maximum(real, 1e-12)).tolist()
 

@@ -265,7 +265,8 @@ class _Run:
             if self.progress_bar:
                 tqdm.write(f"epoch {self.progress.epoch}: loss_d {mean_losses.discriminator:.3f} "
                            f"loss_g {mean_losses.adversarial:.3f} reg {mean_losses.regularizer:.3f} | val WS {report['ws_mean']:.1f} "
-                           f"({report['ratio_to_floor']:.2f}x floor, intensity {record.get('intensity_factor', 1.0):.3f}) "
+                           f"({report['ratio_to_floor']:.2f}x floor, intensity {record.get('intensity_factor', 1.0):.3f}, "
+                           f"EM {record.get('em_intensity_factor', 1.0):.3f}) "
                            f"calibration {report['calibration']:.3f} "
                            f"bias had {report['spread_bias']['hadronic']:+.2f} "
                            f"EM {report['spread_bias']['electromagnetic']:+.2f}")

@@ -172,7 +172,8 @@ class Conditioner(nn.Module):
 
     def electromagnetic(self, standardized: torch.Tensor) -> torch.Tensor:
         """(N,) bool: the particle showers electromagnetically (photons and electrons: the only
-        species lighter than EM_MASS_MEV, zdc_sim/species.py), from its standardised mass."""
+        species lighter than EM_MASS_MEV, zdc_sim/species.py), from its standardised mass. A massless
+        particle of no known species (which shower_class calls hadronic) would count as EM here."""
         i = INDEX["mass"]
         return standardized[:, i].float() * self.feature_std[i] + self.feature_mean[i] < EM_MASS_MEV
 

@@ -206,8 +206,8 @@ def test_the_em_factor_is_fitted_on_top_of_the_common_one(tiny_checkpoint):
                            pdg=np.repeat(pdg, k), channels=channels.reshape(-1, channels.shape[-1]))
     gen = sim.generator
     factors = calibrate.apply_intensities(gen, lambda g: Simulator(g, sim.standardizer, device="cpu"), data, seed)
-    assert factors["em_factor"] > 1.0
-    assert factors["factor"] * factors["em_factor"] == pytest.approx(1.04, abs=0.006)
+    assert factors["factor"] >= 1.005  # the EM showers pull the common factor up: the EM fit saw it applied
+    assert factors["em_factor"] == pytest.approx(1.04 / factors["factor"], abs=0.003)
     assert float(gen.intensity) == pytest.approx(factors["factor"]) and float(gen.em_intensity) == pytest.approx(
         factors["em_factor"])
     few = np.isin(data.particle_id, np.flatnonzero(~em).tolist() + np.flatnonzero(em)[:3].tolist())

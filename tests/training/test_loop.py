@@ -84,7 +84,7 @@ def test_fidelity_options_ship_the_average_with_its_intensity_factor(tiny_file, 
     # The shipped weights are the moving average, not the last step's generator, times the factor.
     for key, value in best.items():
         name = key.split(".", 1)[1]
-        expected = last["average." + name] * (factor if name == "intensity" else 1)
+        expected = last["average." + name] * {"intensity": factor, "em_intensity": meta["em_intensity_factor"]}.get(name, 1)
         if name == "shape_temperature":  # fitted on the copy that is validated and shipped
             expected = torch.tensor(meta["shape_temperature"]["temperature"])
         torch.testing.assert_close(value, expected, rtol=1e-6, atol=0)
