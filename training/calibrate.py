@@ -201,11 +201,7 @@ def fit_intensity(simulator, data, seed: int, particles: int | None = None) -> f
     3,000 particles, and the WS's minimum is flat: fitted on 20,000 particles the factor missed the
     one that 100,000 give, and that 30,000 held-out ones confirm, by 0.5-1 % (bench/intensity_fit.py)."""
     _, (feats, channels) = metrics.group_repeats(data.particle_id, data.features, data.channels)
-    feats, channels = feats[:particles, 0], channels[:particles]
-    k = channels.shape[1]
-    generated = simulator.simulate(np.repeat(feats, k, 0), seed=seed, extrapolate=True).channels.astype(np.float64)
-    ws = [metrics.ws_channels(channels.reshape(-1, geometry.N_CHANNELS), f * generated).mean() for f in INTENSITY_FACTORS]
-    return float(INTENSITY_FACTORS[int(np.argmin(ws))])
+    return _best_factor(simulator, feats[:particles, 0], channels[:particles], seed)
 
 
 def fit_em_intensity(simulator, data, seed: int, particles: int | None = None) -> float:
@@ -219,10 +215,15 @@ def fit_em_intensity(simulator, data, seed: int, particles: int | None = None) -
     em = species.shower_class(pdg) == species.ELECTROMAGNETIC
     if em.sum() < metrics.MIN_CLASS_PARTICLES:
         return 1.0
+    return _best_factor(simulator, feats[em], channels[em], seed)
+
+
+def _best_factor(simulator, feats: np.ndarray, channels: np.ndarray, seed: int) -> float:
+    """The factor of INTENSITY_FACTORS on the simulator's counts of particles `feats` (P, 9), one
+    sample per real repeat, that minimises the mean channel WS against their `channels` (P, K, 5)."""
     k = channels.shape[1]
-    generated = simulator.simulate(np.repeat(feats[em], k, 0), seed=seed, extrapolate=True).channels.astype(np.float64)
-    real = channels[em].reshape(-1, geometry.N_CHANNELS)
-    ws = [metrics.ws_channels(real, f * generated).mean() for f in INTENSITY_FACTORS]
+    generated = simulator.simulate(np.repeat(feats, k, 0), seed=seed, extrapolate=True).channels.astype(np.float64)
+    ws = [metrics.ws_channels(channels.reshape(-1, geometry.N_CHANNELS), f * generated).mean() for f in INTENSITY_FACTORS]
     return float(INTENSITY_FACTORS[int(np.argmin(ws))])
 
 
