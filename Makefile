@@ -11,7 +11,7 @@ HELDOUT_ZP ?= data/heldout_zp.root
 MODEL_DIR := zdc_sim/default_model
 
 .PHONY: run test test-all test-slow bench bench-regularizers clean default-model default-model-zp \
-	compare-regularizers compare-regularizers-refit
+	compare-regularizers
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -80,50 +80,37 @@ shipped-model:
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 2 --reaching $(DETECTOR) --out data/heldout10k_$(DETECTOR).root --quiet
 	$(BIN)/zdc-sim evaluate --checkpoint $(DETECTOR) --data data/heldout10k_$(DETECTOR).root --ceiling --json | tail -n 1 > $(MODEL_DIR)/evaluation_$(DETECTOR).txt
 
-# The regularizer comparison of docs/regularizers.md at full budget: the default recipe with each
-# regularizer (SDI and the plain cGAN on seeds 0 and 1, the four others on seed 0), each scored on the
-# same 30,000 held-out ZN particles x 4 (seed 30001) and compared with SDI seed 0 by a paired
-# bootstrap (SDI seed 0 with the shipped model, and with the perfect simulator's figures). Eight
-# trainings of 85-115 minutes each on one thread (55-68 of them training steps, measured
-# two runs at a time on 2 cores): `make -j2 compare-regularizers` starts them that way;
-# a finished run is not trained again. Records in runs/compare/<regularizer>-<seed>/. The table's
-# runs were trained before each epoch got its own intensity factor (12e7b80 has that recipe), and
-# fitted it on 20,000 training particles, not all of them (docs/fidelity.md).
-COMPARE_RUNS ?= sdi-0 none-0 sdi-1 none-1 ms-0 dp-0 ndiv-0 iid-0
+# The regularizer comparison of docs/regularizers.md at full budget, at the default recipe: each
+# regularizer trained with everything else equal (SDI and the plain cGAN on seeds 1 and 2, the four
+# others on seed 1), its intensity factors refitted on every training particle (`refit-intensity`),
+# and scored on the same 30,000 held-out ZN particles x 4 (seed 30001), paired with the SDI run of
+# its seed (SDI seed 1 with the shipped model, and with the perfect simulator's figures). One
+# training takes 45-95 minutes on 2 threads and peaks at 12.7 GB, so run them one at a time (no -j);
+# a finished run is not trained again. Records in runs/compare/<regularizer>-<seed>/.
+COMPARE_RUNS ?= sdi-1 sdi-2 none-1 none-2 ms-1 dp-1 ndiv-1 iid-1
+COMPARE_THREADS ?= 2
 HELDOUT30K ?= data/heldout30k.root
 
 compare-regularizers: $(foreach run,$(COMPARE_RUNS),runs/compare/$(run)/evaluation.json)
 	$(BIN)/python bench/regularizer_table.py $(addprefix runs/compare/,$(COMPARE_RUNS))
 
-.PRECIOUS: runs/compare/%/trained
+.PRECIOUS: runs/compare/%/trained runs/compare/%/refit.safetensors
 runs/compare/%/trained: | data/train100k_zn.root data/validation10k_zn.root
 	$(BIN)/zdc-sim train --config training/configs/default.json --detector zn --data data/train100k_zn.root \
-		--val-data data/validation10k_zn.root --out runs/compare/$* --quiet \
+		--val-data data/validation10k_zn.root --out runs/compare/$* --quiet --threads $(COMPARE_THREADS) \
 		--regularizer $(word 1,$(subst -, ,$*)) --seed $(word 2,$(subst -, ,$*))
 	touch $@
 
-runs/compare/sdi-0/evaluation.json: EVALUATE_FLAGS = --ceiling --compare zn
-runs/compare/%/evaluation.json: runs/compare/%/trained runs/compare/sdi-0/trained | $(HELDOUT30K)
-	$(BIN)/zdc-sim evaluate --checkpoint runs/compare/$*/best.safetensors --data $(HELDOUT30K) --json \
-		$(or $(EVALUATE_FLAGS),--compare runs/compare/sdi-0/best.safetensors) > runs/compare/$*/evaluation.txt
-	tail -n 1 runs/compare/$*/evaluation.txt > $@
-
-# The same runs with their intensity factor refitted on every training particle (the table's
-# "refitted" rows): each plain-cGAN seed paired with the SDI run of its seed, the other methods
-# with SDI seed 0; SDI's own figures are the compared model's in its partner's evaluation.
-REFIT_RUNS ?= none-0 none-1 iid-0 dp-0 ndiv-0 ms-0
-compare-regularizers-refit: $(foreach run,$(REFIT_RUNS),runs/compare/$(run)/evaluation-refit.json)
-
-.PRECIOUS: runs/compare/%/refit.safetensors
 runs/compare/%/refit.safetensors: runs/compare/%/trained
 	$(BIN)/zdc-sim refit-intensity --checkpoint runs/compare/$*/best.safetensors --data data/train100k_zn.root --out $@
 
-runs/compare/none-1/evaluation-refit.json: REFIT_PARTNER = sdi-1
-runs/compare/%/evaluation-refit.json: runs/compare/%/refit.safetensors runs/compare/sdi-0/refit.safetensors \
-		runs/compare/sdi-1/refit.safetensors | $(HELDOUT30K)
+runs/compare/sdi-1/evaluation.json: EVALUATE_FLAGS = --ceiling --compare zn
+runs/compare/none-2/evaluation.json: EVALUATE_FLAGS = --compare runs/compare/sdi-2/refit.safetensors
+runs/compare/%/evaluation.json: runs/compare/%/refit.safetensors runs/compare/sdi-1/refit.safetensors \
+		runs/compare/sdi-2/refit.safetensors | $(HELDOUT30K)
 	$(BIN)/zdc-sim evaluate --checkpoint runs/compare/$*/refit.safetensors --data $(HELDOUT30K) --json \
-		--compare runs/compare/$(or $(REFIT_PARTNER),sdi-0)/refit.safetensors > runs/compare/$*/evaluation-refit.txt
-	tail -n 1 runs/compare/$*/evaluation-refit.txt > $@
+		$(or $(EVALUATE_FLAGS),--compare runs/compare/sdi-1/refit.safetensors) > runs/compare/$*/evaluation.txt
+	tail -n 1 runs/compare/$*/evaluation.txt > $@
 
 data/train100k_zn.root: | $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 100000 --repeats 2 --seed 1 --reaching zn --out $@ --quiet

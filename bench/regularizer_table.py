@@ -1,10 +1,12 @@
 """The regularizer comparison's table (docs/regularizers.md) from its runs' records: each run folder
 holds best.safetensors (whose metadata names the regularizer, its weight and seed), metrics.jsonl
-(the seconds of each epoch) and evaluation.json (the last line of `zdc-sim evaluate --json` on the
-common held-out set, compared with a reference run by `--compare`). `make compare-regularizers`
-writes these and calls this script; runs not finished yet are listed as missing, not skipped.
+(the seconds of each epoch), refit.safetensors (the scored model: best.safetensors with its
+intensity factors refitted on every training particle; absent, best.safetensors is the scored
+one) and evaluation.json (the last line of `zdc-sim evaluate --json` on the common held-out set,
+compared with a reference run by `--compare`). `make compare-regularizers` writes these and calls
+this script; runs not finished yet are listed as missing, not skipped.
 
-    python bench/regularizer_table.py runs/compare/sdi-0 runs/compare/none-0 ...
+    python bench/regularizer_table.py runs/compare/sdi-1 runs/compare/none-1 ...
 """
 
 import argparse
@@ -20,9 +22,11 @@ def _run(folder: Path) -> dict | None:
     if not evaluation.is_file():
         return None
     report = json.loads(evaluation.read_text().strip().splitlines()[-1])
-    _, metadata = checkpoint.load(folder / "best.safetensors")
+    scored = folder / "refit.safetensors"
+    _, metadata = checkpoint.load(scored if scored.is_file() else folder / "best.safetensors")
     epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     report.update(training=metadata["training"], best_epoch=metadata.get("epoch"),
+                  intensity=(metadata.get("intensity_factor", 1.0), metadata.get("em_intensity_factor", 1.0)),
                   minutes=sum(e["seconds"] for e in epochs) / 60, epochs_run=len(epochs))
     return report
 
@@ -47,7 +51,8 @@ def row(name: str, r: dict, ceiling: float | None) -> str:
     c = r.get("comparison")
     paired = (f"{_reference(c['checkpoint'])}: {c['ratio_difference']:+.2f} ({c['ratio_interval'][0]:+.2f} to "
               f"{c['ratio_interval'][1]:+.2f})" if c else "")
-    return (f"| {name} | {weight:g} | {r['best_epoch']}/{r['epochs_run']} | {r['minutes']:.0f} "
+    return (f"| {name} | {weight:g} | {r['best_epoch']}/{r['epochs_run']} | {_f(r['intensity'], '{:.3f}')} "
+            f"| {r['minutes']:.0f} "
             f"| {_scores(r, ceiling, paired, bold=True)} |")
 
 
@@ -68,14 +73,15 @@ def table(folders: list[Path]) -> str:
     done = {name: r for name, r in runs.items() if r is not None}
     ceiling_report = next((r for r in done.values() if "ceiling" in r), None)
     ceiling = ceiling_report["calibration_ceiling"] if ceiling_report else None
-    lines = ["| run (regularizer-seed) | lambda | best epoch | minutes of training steps | WS / floor (90 %) "
+    lines = ["| run (regularizer-seed) | lambda | best epoch | intensity (all / EM) | minutes of training steps "
+             "| WS / floor (90 %) "
              "| minus the run named (paired, 90 %) | channels 1-5 | hadronic / EM "
              "| systematic WS (photons) | calibration (of ceiling) | spread bias hadronic / EM | EM total error |",
-             "|" + "---|" * 12]
+             "|" + "---|" * 13]
     for name, r in runs.items():
-        lines.append(row(name, r, ceiling) if r else f"| {name} | not run yet |" + " |" * 10)
+        lines.append(row(name, r, ceiling) if r else f"| {name} | not run yet |" + " |" * 11)
     if ceiling_report:
-        lines.append(f"| perfect simulator | | | | {_scores(ceiling_report['ceiling'], None)} |")
+        lines.append(f"| perfect simulator | | | | | {_scores(ceiling_report['ceiling'], None)} |")
     first = next(iter(done.values()), None)
     if first:
         lines.insert(0, f"{first['particles']:,} held-out particles x {first['repeats']} repeats ({first['data']})\n")

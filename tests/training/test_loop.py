@@ -279,7 +279,7 @@ def test_the_perfect_simulators_repeats_are_simulated_in_chunks_too(tiny_file, m
 
 def test_regularizer_table_from_run_records(trained_run, tiny_file, tmp_path, capsys):
     """bench/regularizer_table.py (make compare-regularizers) reads a run's evaluation.json, its
-    checkpoint's recipe and its epochs' seconds; a model compared with itself on the same seed
+    checkpoint's recipe and intensity factors and its epochs' seconds; a model compared with itself on the same seed
     differs by exactly 0; an unfinished run is listed, not dropped."""
     import importlib.util
 
@@ -301,10 +301,12 @@ def test_regularizer_table_from_run_records(trained_run, tiny_file, tmp_path, ca
     row = next(line for line in lines if line.startswith("| sdi-0 |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     epochs = len((run / "metrics.jsonl").read_text().splitlines())
-    assert len(cells) == 12 and cells[2] == f"{checkpoint.load(best)[1]['epoch']}/{epochs}"
-    assert cells[3] == f"{seconds / 60:.0f}"
-    assert cells[4].startswith(f"**{report['ratio_to_floor']:.2f}**")
-    assert cells[5] == "sdi-0: +0.00 (+0.00 to +0.00)"
+    metadata = checkpoint.load(best)[1]
+    assert len(cells) == 13 and cells[2] == f"{metadata['epoch']}/{epochs}"
+    assert cells[3] == f"{metadata.get('intensity_factor', 1.0):.3f} / {metadata.get('em_intensity_factor', 1.0):.3f}"
+    assert cells[4] == f"{seconds / 60:.0f}"
+    assert cells[5].startswith(f"**{report['ratio_to_floor']:.2f}**")
+    assert cells[6] == "sdi-0: +0.00 (+0.00 to +0.00)"
     assert "| none-0 | not run yet |" in "\n".join(lines)
     assert any(line.startswith("| perfect simulator |") for line in lines)
 
