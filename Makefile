@@ -84,9 +84,10 @@ shipped-model:
 # regularizer trained with everything else equal (SDI and the plain cGAN on seeds 1 and 2, the four
 # others on seed 1), its intensity factors refitted on every training particle (`refit-intensity`),
 # and scored on the same 30,000 held-out ZN particles x 4 (seed 30001), paired with the SDI run of
-# its seed (SDI seed 1 with the shipped model, and with the perfect simulator's figures). One
-# training takes 45-95 minutes on 2 threads and peaks at 12.7 GB, so run them one at a time (no -j);
-# a finished run is not trained again. Records in runs/compare/<regularizer>-<seed>/.
+# its seed (SDI seed 2 with SDI seed 1, SDI seed 1 with the shipped model and with the perfect
+# simulator's figures). One training takes 45-95 minutes on 2 threads and peaks at 12.7 GB, so run
+# them one at a time (no -j); a finished run is not trained again, an interrupted one resumes from
+# its last epoch. Records in runs/compare/<regularizer>-<seed>/.
 COMPARE_RUNS ?= sdi-1 sdi-2 none-1 none-2 ms-1 dp-1 ndiv-1 iid-1
 COMPARE_THREADS ?= 2
 HELDOUT30K ?= data/heldout30k.root
@@ -98,7 +99,8 @@ compare-regularizers: $(foreach run,$(COMPARE_RUNS),runs/compare/$(run)/evaluati
 runs/compare/%/trained: | data/train100k_zn.root data/validation10k_zn.root
 	$(BIN)/zdc-sim train --config training/configs/default.json --detector zn --data data/train100k_zn.root \
 		--val-data data/validation10k_zn.root --out runs/compare/$* --quiet --threads $(COMPARE_THREADS) \
-		--regularizer $(word 1,$(subst -, ,$*)) --seed $(word 2,$(subst -, ,$*))
+		--regularizer $(word 1,$(subst -, ,$*)) --seed $(word 2,$(subst -, ,$*)) \
+		$(if $(wildcard runs/compare/$*/last.safetensors),--resume)
 	touch $@
 
 runs/compare/%/refit.safetensors: runs/compare/%/trained
@@ -106,8 +108,8 @@ runs/compare/%/refit.safetensors: runs/compare/%/trained
 
 runs/compare/sdi-1/evaluation.json: EVALUATE_FLAGS = --ceiling --compare zn
 runs/compare/none-2/evaluation.json: EVALUATE_FLAGS = --compare runs/compare/sdi-2/refit.safetensors
-runs/compare/%/evaluation.json: runs/compare/%/refit.safetensors runs/compare/sdi-1/refit.safetensors \
-		runs/compare/sdi-2/refit.safetensors | $(HELDOUT30K)
+runs/compare/none-2/evaluation.json: runs/compare/sdi-2/refit.safetensors
+runs/compare/%/evaluation.json: runs/compare/%/refit.safetensors runs/compare/sdi-1/refit.safetensors | $(HELDOUT30K)
 	$(BIN)/zdc-sim evaluate --checkpoint runs/compare/$*/refit.safetensors --data $(HELDOUT30K) --json \
 		$(or $(EVALUATE_FLAGS),--compare runs/compare/sdi-1/refit.safetensors) > runs/compare/$*/evaluation.txt
 	tail -n 1 runs/compare/$*/evaluation.txt > $@

@@ -279,8 +279,9 @@ def test_the_perfect_simulators_repeats_are_simulated_in_chunks_too(tiny_file, m
 
 def test_regularizer_table_from_run_records(trained_run, tiny_file, tmp_path, capsys):
     """bench/regularizer_table.py (make compare-regularizers) reads a run's evaluation.json, its
-    checkpoint's recipe and intensity factors and its epochs' seconds; a model compared with itself on the same seed
-    differs by exactly 0; an unfinished run is listed, not dropped."""
+    checkpoint's recipe and intensity factors and its epochs' seconds; a model compared with itself
+    on the same seed differs by exactly 0; an unfinished run is listed, not dropped; every row of
+    the table has the header's cells."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("regularizer_table", ROOT / "bench" / "regularizer_table.py")
@@ -309,6 +310,8 @@ def test_regularizer_table_from_run_records(trained_run, tiny_file, tmp_path, ca
     assert cells[6] == "sdi-0: +0.00 (+0.00 to +0.00)"
     assert "| none-0 | not run yet |" in "\n".join(lines)
     assert any(line.startswith("| perfect simulator |") for line in lines)
+    rows = [line for line in lines if line.startswith("|")]
+    assert len(rows) == 5 and {len(line.split("|")[1:-1]) for line in rows} == {13}
 
 
 def test_config_file_and_errors(tmp_path):
