@@ -132,9 +132,10 @@ def test_shape_temperature_fit_recovers_the_temperature_that_made_the_showers():
             torch.testing.assert_close(value, before[key], rtol=0, atol=0)
 
 
-def test_intensity_is_fitted_on_every_training_particle_unless_told_fewer(tiny_checkpoint, tiny_parts):
+def test_intensity_is_fitted_on_every_training_particle_unless_told_fewer(tiny_checkpoint, tiny_parts, monkeypatch):
     """Real counts = the model's own draws x 1.00 for the first half of the particles and x 1.06 for
-    the second: fitted on all of them the factor lies between, on the first half it is 1.00."""
+    the second: fitted on all of them the factor lies between, on the first half it is 1.00, also
+    when the fit simulates a few rows at a time (each chunk draws what one call draws)."""
     from types import SimpleNamespace
 
     from zdc_sim.simulator import Simulator
@@ -146,6 +147,9 @@ def test_intensity_is_fitted_on_every_training_particle_unless_told_fewer(tiny_c
     own = sim.simulate(np.repeat(feats, k, 0), seed=seed, extrapolate=True).channels.astype(np.float64)
     scale = np.repeat(np.where(np.arange(n) < n // 2, 1.0, 1.06), k)[:, None]
     data = SimpleNamespace(particle_id=np.repeat(np.arange(n), k), features=np.repeat(feats, k, 0), channels=own * scale)
+    assert calibrate.fit_intensity(sim, data, seed=seed, particles=n // 2) == pytest.approx(1.0)
+    assert 1.005 < calibrate.fit_intensity(sim, data, seed=seed) < 1.055
+    monkeypatch.setattr(calibrate, "FIT_CHUNK_ROWS", 5)
     assert calibrate.fit_intensity(sim, data, seed=seed, particles=n // 2) == pytest.approx(1.0)
     assert 1.005 < calibrate.fit_intensity(sim, data, seed=seed) < 1.055
 
