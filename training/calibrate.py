@@ -225,7 +225,8 @@ def _best_factor(simulator, feats: np.ndarray, channels: np.ndarray, seed: int) 
     """The factor of INTENSITY_FACTORS on the simulator's counts of particles `feats` (P, 9), one
     sample per real repeat, that minimises the mean channel WS against their `channels` (P, K, 5).
     Simulated in chunks, keeping the channel sums only: in one call the images and draws took 1.5 GB
-    per 20,000 particles x 2 (about 7.5 GB for a training's 100,000, its peak); in chunks 0.44 GB, whatever the size."""
+    per 20,000 particles x 2 (about 7.5 GB for a training's 100,000, its peak); in chunks 0.44 GB
+    whatever the size."""
     rows = np.repeat(feature_rules.validate(feats), channels.shape[1], 0)
     generated = np.concatenate([  # each chunk with its rows' own draws: the samples of one simulate call
         simulator.simulate_draws(rows[start:start + FIT_CHUNK_ROWS],
