@@ -228,10 +228,8 @@ def _best_factor(simulator, feats: np.ndarray, channels: np.ndarray, seed: int) 
     per 20,000 particles x 2 (about 7.5 GB for a training's 100,000, its peak); in chunks 0.44 GB
     whatever the size."""
     rows = np.repeat(feature_rules.validate(feats), channels.shape[1], 0)
-    generated = np.concatenate([  # each chunk with its rows' own draws: the samples of one simulate call
-        simulator.simulate_draws(rows[start:start + FIT_CHUNK_ROWS],
-                                 simulator.draws(len(rows[start:start + FIT_CHUNK_ROWS]), seed, start)).channels
-        for start in range(0, len(rows), FIT_CHUNK_ROWS)]).astype(np.float64)
+    generated = np.concatenate([simulation.channels for _, simulation in
+                                simulator.simulate_chunks(rows, seed, FIT_CHUNK_ROWS)]).astype(np.float64)
     ws = [metrics.ws_channels(channels.reshape(-1, geometry.N_CHANNELS), f * generated).mean() for f in INTENSITY_FACTORS]
     return float(INTENSITY_FACTORS[int(np.argmin(ws))])
 

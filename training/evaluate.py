@@ -52,16 +52,14 @@ def _evaluate(simulator, features, pdg, real_channels, samples, seed, ceiling, r
 
 def simulated_channels_and_centres(simulator: Simulator, features: np.ndarray, samples: int, seed: int):
     """Channels (P, M, 5) and centres (P, M, 2) of `samples` responses per particle, simulated
-    CHUNK_ROWS at a time and reduced at once, so only the reductions are kept. Each chunk takes its
-    rows' own draws (Simulator.draws with start), so the responses are those of one `simulate` call."""
+    CHUNK_ROWS at a time and reduced at once, so only the reductions are kept
+    (Simulator.simulate_chunks: the responses of one `simulate` call)."""
     rows = np.repeat(feature_rules.validate(features), samples, axis=0)
     channels = np.empty((len(rows), geometry.N_CHANNELS))
     centres = np.empty((len(rows), 2))
-    for start in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[start:start + CHUNK_ROWS]
-        counts = simulator.simulate_draws(chunk, simulator.draws(len(chunk), seed, start)).counts
-        channels[start:start + len(chunk)] = geometry.channel_sums(counts)
-        centres[start:start + len(chunk)] = metrics.shower_centres(counts)
+    for start, simulation in simulator.simulate_chunks(rows, seed, CHUNK_ROWS):
+        channels[start:start + len(simulation.counts)] = geometry.channel_sums(simulation.counts)
+        centres[start:start + len(simulation.counts)] = metrics.shower_centres(simulation.counts)
     return channels.reshape(len(features), samples, -1), centres.reshape(len(features), samples, 2)
 
 

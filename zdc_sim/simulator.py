@@ -170,6 +170,14 @@ class Simulator:
         the same seed gives the same responses from torch, ONNX Runtime and a remote server."""
         return random_feeds(self.draws(n, seed, start), self.latent_dim, self.generator.config.photon_noise)
 
+    def simulate_chunks(self, raw_features: np.ndarray, seed: int, chunk_rows: int):
+        """Yield (start, Simulation) for each `chunk_rows` rows of already validated features, each
+        chunk with its own rows' draws: the responses of one `simulate` call without holding all of
+        their images (a caller keeps only what it reduces them to)."""
+        for start in range(0, len(raw_features), chunk_rows):
+            chunk = raw_features[start:start + chunk_rows]
+            yield start, self.simulate_draws(chunk, self.draws(len(chunk), seed, start))
+
     @torch.inference_mode()
     def simulate_draws(self, raw_features: np.ndarray, draws: np.ndarray) -> Simulation:
         """Simulate already validated features with given draws: lets callers (the service's
