@@ -95,6 +95,20 @@ def test_channel_weights_discount_photon_statistics():
     assert absolute[0] > 0.5  # while the published weight counts its pixel noise as diversity
 
 
+@pytest.mark.parametrize("kind", regularizers.WEIGHT_KINDS)
+def test_diversity_weights_by_blocks_of_particles_match_one_block(monkeypatch, kind):
+    # Entries of a particle scattered through the file, repeat counts 1-4: blocks of 2 particles
+    # must gather each particle's own entries and give the weights of one block, bit for bit.
+    rng = np.random.default_rng(1)
+    ids = rng.permutation(np.repeat(np.arange(11) * 3 + 5, rng.integers(1, 5, 11)))
+    images = np.log1p(rng.poisson(200.0 * rng.uniform(0.2, 2.0, (len(ids), 1, 1)), (len(ids), 44, 44))).astype(np.float32)
+    whole_ids, whole = diversity_weights(ids, images, kind)
+    monkeypatch.setattr(regularizers, "PARTICLE_BLOCK", 2)
+    block_ids, blocks = diversity_weights(ids, images, kind)
+    assert np.array_equal(block_ids, whole_ids) and np.ptp(whole) == 1.0
+    assert np.array_equal(blocks, whole)
+
+
 def test_mode_seeking_by_hand():
     f1, f2 = torch.zeros(2, 3), torch.full((2, 3), 0.5)
     value = regularizers.make("ms")(_pair(f1, f2, [1.0, 1.0]))  # |z1 - z2| = 1: ratio 0.5
