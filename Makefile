@@ -85,10 +85,11 @@ shipped-model:
 # others on seed 1), its intensity factors refitted on every training particle (`refit-intensity`),
 # and scored on the same 30,000 held-out ZN particles x 4 (seed 30001), paired with the SDI run of
 # its seed (SDI seed 2 with SDI seed 1, SDI seed 1 with the shipped model and with the perfect
-# simulator's figures). One training takes 45-95 minutes on 2 threads and holds under 4 GB; on 2
-# cores, two at a time with one thread each is faster (`make -j2 compare-regularizers
-# COMPARE_THREADS=1`: two trainings in 71 minutes). A finished run is not trained again, an
-# interrupted one resumes from its last epoch. Records in runs/compare/<regularizer>-<seed>/.
+# simulator's figures). One training takes 40-95 minutes on 2 threads and holds under 4 GB, so two
+# can also run at a time with one thread each (`make -j2 compare-regularizers COMPARE_THREADS=1`:
+# two trainings in 71 minutes, about what two in a row take on 2 cores). A finished run is not
+# trained again, an interrupted one resumes from its last epoch. Records in
+# runs/compare/<regularizer>-<seed>/.
 COMPARE_RUNS ?= sdi-1 sdi-2 none-1 none-2 ms-1 dp-1 ndiv-1 iid-1
 COMPARE_THREADS ?= 2
 HELDOUT30K ?= data/heldout30k.root
