@@ -28,6 +28,7 @@ import torch
 from zdc_sim import features as feature_rules, geometry, metrics, species
 from zdc_sim.errors import ConfigError
 from zdc_sim.models import Generator
+from zdc_sim.simulator import CHUNK_ROWS
 
 from .losses import energy_score
 
@@ -218,9 +219,6 @@ def fit_em_intensity(simulator, data, seed: int, particles: int | None = None) -
     return _best_factor(simulator, feats[em], channels[em], seed)
 
 
-FIT_CHUNK_ROWS = 16_384  # rows simulated at a time by _best_factor
-
-
 def _best_factor(simulator, feats: np.ndarray, channels: np.ndarray, seed: int) -> float:
     """The factor of INTENSITY_FACTORS on the simulator's counts of particles `feats` (P, 9), one
     sample per real repeat, that minimises the mean channel WS against their `channels` (P, K, 5).
@@ -229,7 +227,7 @@ def _best_factor(simulator, feats: np.ndarray, channels: np.ndarray, seed: int) 
     whatever the size."""
     rows = np.repeat(feature_rules.validate(feats), channels.shape[1], 0)
     generated = np.concatenate([simulation.channels for _, simulation in
-                                simulator.simulate_chunks(rows, seed, FIT_CHUNK_ROWS)]).astype(np.float64)
+                                simulator.simulate_chunks(rows, seed, CHUNK_ROWS)]).astype(np.float64)
     ws = [metrics.ws_channels(channels.reshape(-1, geometry.N_CHANNELS), f * generated).mean() for f in INTENSITY_FACTORS]
     return float(INTENSITY_FACTORS[int(np.argmin(ws))])
 

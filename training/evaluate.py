@@ -17,12 +17,11 @@ import numpy as np
 
 from zdc_sim import features as feature_rules, geometry, rootio, metrics, reference, species
 from zdc_sim.errors import ZdcError
-from zdc_sim.simulator import Simulator
+from zdc_sim.simulator import CHUNK_ROWS, Simulator  # CHUNK_ROWS: responses simulated and reduced at a time
 
 from .data import load
 
 DEFAULT_SAMPLES = 10
-CHUNK_ROWS = 16_384  # responses simulated and reduced at a time: the images of 30,000 x 10 would be ~10 GB
 BOOTSTRAP = 200  # resamples of the particles for the interval of the mean ratio
 
 

@@ -16,7 +16,6 @@ from zdc_sim import features as feature_rules, geometry, metrics, species  # noq
 from zdc_sim.simulator import Simulator  # noqa: E402
 
 SEED = 2024
-CHUNK_ROWS = 16_384  # responses simulated at a time
 
 
 def write_plots(out: Path, simulator: Simulator, validation: dict, history: list) -> list[Path]:
@@ -24,9 +23,8 @@ def write_plots(out: Path, simulator: Simulator, validation: dict, history: list
     feats, pdg, real = validation["features"], validation["pdg"], validation["channels"]
     samples = 10
     rows = np.repeat(feature_rules.validate(feats), samples, 0)
-    generated = np.concatenate([geometry.channel_sums(simulation.counts)  # in chunks: 100,000 images took 4.5 GB
-                                for _, simulation in simulator.simulate_chunks(rows, SEED, CHUNK_ROWS)])
-    generated = generated.reshape(len(feats), samples, -1)
+    generated = np.concatenate([simulation.channels  # in chunks: 100,000 images at once took 4.5 GB
+                                for _, simulation in simulator.simulate_chunks(rows, SEED)]).reshape(len(feats), samples, -1)
     paths = [_channels(out, real, generated), _spread(out, real, generated, pdg),
              _responses(out, simulator, feats, validation["images"])]
     if history:

@@ -35,6 +35,7 @@ CPU_BATCH = 128
 WARMUP_PARTICLE = np.array([[2500.0, 0, 0, 0, 0, 0, 2500.0, 939.6, 0]], np.float32)  # a 2.5 TeV neutron
 
 
+CHUNK_ROWS = 16_384  # rows of simulate_chunks: ~130 MB of ZN images (30,000 x 10 at once took ~10 GB)
 SHIPPED = {"zn": "model.safetensors", "zp": "zp.safetensors"}  # in zdc_sim/default_model/
 
 
@@ -170,7 +171,7 @@ class Simulator:
         the same seed gives the same responses from torch, ONNX Runtime and a remote server."""
         return random_feeds(self.draws(n, seed, start), self.latent_dim, self.generator.config.photon_noise)
 
-    def simulate_chunks(self, raw_features: np.ndarray, seed: int, chunk_rows: int):
+    def simulate_chunks(self, raw_features: np.ndarray, seed: int, chunk_rows: int = CHUNK_ROWS):
         """Yield (start, Simulation) for each `chunk_rows` rows of already validated features, each
         chunk with its own rows' draws: the responses of one `simulate` call without holding all of
         their images (a caller keeps only what it reduces them to)."""

@@ -149,7 +149,7 @@ def test_intensity_is_fitted_on_every_training_particle_unless_told_fewer(tiny_c
     data = SimpleNamespace(particle_id=np.repeat(np.arange(n), k), features=np.repeat(feats, k, 0), channels=own * scale)
     assert calibrate.fit_intensity(sim, data, seed=seed, particles=n // 2) == pytest.approx(1.0)
     assert 1.005 < calibrate.fit_intensity(sim, data, seed=seed) < 1.055
-    monkeypatch.setattr(calibrate, "FIT_CHUNK_ROWS", 5)
+    monkeypatch.setattr(calibrate, "CHUNK_ROWS", 5)
     assert calibrate.fit_intensity(sim, data, seed=seed, particles=n // 2) == pytest.approx(1.0)
     assert 1.005 < calibrate.fit_intensity(sim, data, seed=seed) < 1.055
 
