@@ -216,6 +216,17 @@ WEIGHT_KINDS = ("absolute", "relative", "channels")
 PARTICLE_BLOCK = 8192  # particles whose per-pixel statistics diversity_weights holds at once
 
 
+def _entry_values(kind: str, log_images: torch.Tensor, image_shape) -> torch.Tensor:
+    """(entries, D) float64 values whose spread over a particle's repeats `kind` measures: the
+    log(1 + counts) pixels (absolute), the total counts (relative), the 5 channel sums (channels)."""
+    x = log_images.double()
+    if kind == "relative":
+        return torch.expm1(x).sum(1, keepdim=True)
+    if kind == "channels":
+        return channel_sums(torch.expm1(x.reshape(-1, *image_shape)))
+    return x
+
+
 def _spread(kind: str, x: torch.Tensor, index: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """diversity_weights' raw diversity of a block of particles: x (entries, D) float64, index
     (entries,) each entry's particle within the block, n (particles,) float64 its entry count."""
@@ -255,11 +266,6 @@ def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str
     n = torch.as_tensor(counts, dtype=torch.float64)
     image_shape = np.shape(log_images)[-2:]
     x = torch.as_tensor(np.asarray(log_images).reshape(len(inverse), -1))
-    if kind == "relative":
-        x = torch.cat([torch.expm1(x[i : i + 8192].double()).sum(1, keepdim=True) for i in range(0, len(x), 8192)])
-    elif kind == "channels":
-        x = torch.cat([channel_sums(torch.expm1(x[i : i + 8192].double().reshape(-1, *image_shape)))
-                       for i in range(0, len(x), 8192)])
     # Per-pixel float64 statistics of all particles at once took 7.5 GB for 100,000 particles x 2
     # (a training's peak): a block of particles at a time, their entries gathered, keeps it small.
     order = torch.argsort(index, stable=True)
@@ -268,7 +274,7 @@ def diversity_weights(particle_id: np.ndarray, log_images: np.ndarray, kind: str
     for a in range(0, len(ids), PARTICLE_BLOCK):
         b = min(a + PARTICLE_BLOCK, len(ids))
         rows = order[first_entry[a] : first_entry[b]]
-        raw[a:b] = _spread(kind, x[rows].double(), index[rows] - a, n[a:b])
+        raw[a:b] = _spread(kind, _entry_values(kind, x[rows], image_shape), index[rows] - a, n[a:b])
     raw = torch.where(n > 1, raw, torch.zeros_like(raw))
     span = raw.max() - raw.min()
     weights = (raw - raw.min()) / span if span > 0 else torch.zeros_like(raw)
