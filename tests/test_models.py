@@ -209,6 +209,42 @@ def test_halo_reaches_fibres_beyond_the_canvas():
     assert 0.0012 < corner[far].sum() < 0.0022  # Phi(-1.75)^2 = 0.0016 of a 2 cm halo at (3, 3) cm
 
 
+def test_shape_zoom_starts_as_no_zoom_and_stretches_each_sample_about_its_impact_point():
+    """shape_zoom: at the start the response is exactly that of the model without it; a stretch
+    (sx, sy) keeps the shower's mass and centre and multiplies its width by sx along x and sy along
+    y, each sample by its own factors."""
+    zoomed = ModelConfig(**{**SIZES["tiny"].to_dict(), "shape_zoom": True})
+    gen, _, x, _ = _fitted(zoomed, n=64)
+    plain = Generator(SIZES["tiny"])
+    plain.load_state_dict({k: v for k, v in gen.state_dict().items() if not k.startswith("zoom.")})
+    latent = _random(gen, len(x))[:, :10]
+    with torch.no_grad():
+        torch.testing.assert_close(gen.mean_counts(latent, x), plain.mean_counts(latent, x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shape_zoom needs impact_frame"):
+        ModelConfig(impact_frame=False, shape_zoom=True)
+
+    det = zoomed.geometry
+    px, py = (torch.tensor(v, dtype=torch.float32) for v in (det.pixel_x_cm, det.pixel_y_cm))
+    blob = torch.exp(-(px[None, :] ** 2 + py[:, None] ** 2) / (2 * 0.6**2))  # a round 0.6 cm shower
+    shapes = (blob / blob.sum()).expand(3, 1, 44, 44)
+    impact = torch.tensor([[0.5, -0.3], [0.5, -0.3], [-1.0, 0.8]])
+    stretch = torch.tensor([[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]])
+    with torch.no_grad():
+        on_face = gen._to_face(shapes, impact, stretch)
+    mass = on_face.sum((1, 2))
+    cx = (on_face.sum(1) * px).sum(1) / mass
+    cy = (on_face.sum(2) * py).sum(1) / mass
+    sx = ((on_face.sum(1) * (px[None] - cx[:, None]) ** 2).sum(1) / mass).sqrt()
+    sy = ((on_face.sum(2) * (py[None] - cy[:, None]) ** 2).sum(1) / mass).sqrt()
+    torch.testing.assert_close(mass, torch.ones(3), rtol=0, atol=2e-3)
+    torch.testing.assert_close(torch.stack([cx, cy], 1), impact, rtol=0, atol=0.01)
+    torch.testing.assert_close(sx / sx[0], stretch[:, 0], rtol=0.03, atol=0)
+    torch.testing.assert_close(sy / sy[0], stretch[:, 1], rtol=0.03, atol=0)
+    with torch.no_grad():  # the head's output is bounded: no shower collapses to a point or fills the face
+        gen.zoom[-1].bias.fill_(10.0)
+        assert torch.allclose(gen._zoom(torch.zeros(2, 10 + 15)), torch.full((2, 2), 1.6))
+
+
 def test_the_em_intensity_scales_the_electromagnetic_species_and_no_other(tiny_checkpoint):
     """Every species of zdc_sim/species.py at 2.5 TeV on the axis: em_intensity x 2 doubles the mean
     counts of photons and electrons exactly and leaves every hadron and nucleus as it was; the

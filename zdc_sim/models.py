@@ -57,7 +57,15 @@ class ModelConfig:
                   Gaussian, the first design) or 'fitted' (the log of the mean radial profile of the
                   real training showers around their impact point, training/prefit.py): real hadronic
                   showers put 11 % of their counts beyond 2 cm, which a 1 cm Gaussian makes the network
-                  fight for (the first design's showers put 8 % there and 0.6 % beyond 3 cm against 1.5 %).
+                  fight for (the first design's showers put 8 % there and 0.6 % beyond 3 cm against 1.5 %);
+    shape_zoom    (with impact_frame) each sample's shape is stretched about the impact point by its own
+                  factor in x and in y, exp of a head on (latent, condition), bounded to 0.6-1.6 and 1
+                  at the start: the lateral width of a shower is one latent draw away. Without it the
+                  width varies only through the 1,936 shape logits, and the towers' shares of hadrons
+                  hitting 0.3-1.2 cm from a quadrant boundary fluctuate 15-30 % too little
+                  (docs/fidelity.md, "Where the refitted ZN's error lives"). It reads the latent
+                  without the shape temperature, as the total head does: the temperature tames the
+                  logits' fine structure, the zoom is a coarse width that training fits to the data.
     """
 
     detector: str = "zn"
@@ -72,6 +80,7 @@ class ModelConfig:
     halo: bool = False
     envelope: str = "fitted"
     bounded_total: bool = False
+    shape_zoom: bool = False
 
     def __post_init__(self):
         geometry.detector(self.detector)  # ConfigError for an unknown one
@@ -79,6 +88,8 @@ class ModelConfig:
             raise ConfigError("halo needs impact_frame (the halo is centred on the impact point)")
         if self.bounded_total and not self.latent_gate:
             raise ConfigError("bounded_total needs latent_gate (its fraction is the location-scale head's)")
+        if self.shape_zoom and not self.impact_frame:
+            raise ConfigError("shape_zoom needs impact_frame (the shape is stretched about the impact point)")
         if self.upsample not in ("nearest", "transposed"):
             raise ConfigError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
         if self.envelope not in ("gaussian", "fitted"):
@@ -199,6 +210,7 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+ZOOM_MIN, ZOOM_MAX = 0.6, 1.6  # bounds of shape_zoom's stretch: real hadronic halos span 0.9-1.5 cm
 PRIOR_CM = 1.0  # width of the Gaussian envelope added to the shape logits in the shower's frame
 
 
@@ -281,6 +293,10 @@ class Generator(nn.Module):
                 self.halo[-1].bias.copy_(torch.tensor([-3.0, float(np.log(1.2))]))
             self.register_buffer("pixel_x", torch.tensor(det.pixel_x_cm, dtype=torch.float32))  # columns, left to right
             self.register_buffer("pixel_y", torch.tensor(det.pixel_y_cm, dtype=torch.float32))  # rows, top (high y) to bottom
+        if config.shape_zoom:
+            self.zoom = mlp([inputs, h // 4, 2])  # log of the stretch in x and in y
+            nn.init.zeros_(self.zoom[-1].weight)
+            nn.init.zeros_(self.zoom[-1].bias)
         if config.bounded_total:  # photons per GeV of a fully contained shower (training/prefit.py)
             self.register_buffer("full_yield", torch.ones(()))
         self.register_buffer("intensity", torch.ones(()))  # post-processing factor on counts
@@ -345,11 +361,16 @@ class Generator(nn.Module):
             return torch.exp(log_total + torch.log_softmax(logits, dim=1)).view(-1, rows, cols)
         shape = torch.softmax(logits + self.prior, dim=1).view(-1, 1, rows, cols)
         impact = self.impact_point(features)
-        on_face = self._to_face(shape, impact)
+        zoom = self._zoom(inputs) if config.shape_zoom else None
+        on_face = self._to_face(shape, impact, zoom)
         if config.halo:
             share, width = self._halo_parameters(inputs)
             on_face = (1 - share)[:, :, None] * on_face + share[:, :, None] * self._halo_on_face(impact, width)
         return torch.exp(log_total)[:, :, None] * on_face
+
+    def _zoom(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(N, 2) each sample's stretch of its shape in x and y, in [ZOOM_MIN, ZOOM_MAX]."""
+        return torch.exp(self.zoom(inputs).clamp(np.log(ZOOM_MIN), np.log(ZOOM_MAX)))
 
     def _halo_parameters(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(share (N, 1) in (0, 1), width (N,) in cm, bounded to 0.3-5 cm)."""
@@ -366,17 +387,28 @@ class Generator(nn.Module):
         norm = self.config.geometry.pitch_cm**2 / (2 * np.pi * width**2)
         return norm[:, None, None] * gy[:, :, None] * gx[:, None, :]
 
-    def _to_face(self, shape: torch.Tensor, impact: torch.Tensor) -> torch.Tensor:
+    def _to_face(self, shape: torch.Tensor, impact: torch.Tensor, zoom: torch.Tensor | None = None) -> torch.Tensor:
         """Translate shapes drawn centred on a 44 x 44 canvas so that their centre lands on the
-        impact point (bilinear, mass-preserving inside the face; what leaves the canvas is lost)."""
+        impact point (bilinear, mass-preserving inside the face; what leaves the canvas is lost);
+        with `zoom` (N, 2), first stretch each about the canvas centre by its factors in x and y
+        (the sampled density divided by their product keeps the mass)."""
         det = self.config.geometry
         shift_col = -impact[:, 0] / det.pitch_cm  # x runs along columns
         shift_row = impact[:, 1] / det.pitch_cm  # y runs up, rows down
-        cols = (self.pixel_index[None, None, :] + shift_col[:, None, None]) * (2.0 / (det.shape[1] - 1)) - 1
-        rows = (self.row_index[None, :, None] + shift_row[:, None, None]) * (2.0 / (det.shape[0] - 1)) - 1
+        cols = self.pixel_index[None, None, :] + shift_col[:, None, None]  # where each fibre reads the canvas
+        rows = self.row_index[None, :, None] + shift_row[:, None, None]
+        if zoom is not None:  # stretched about the canvas centre
+            centre_col, centre_row = (det.shape[1] - 1) / 2, (det.shape[0] - 1) / 2
+            cols = (cols - centre_col) / zoom[:, 0, None, None] + centre_col
+            rows = (rows - centre_row) / zoom[:, 1, None, None] + centre_row
+        cols = cols * (2.0 / (det.shape[1] - 1)) - 1
+        rows = rows * (2.0 / (det.shape[0] - 1)) - 1
         grid = torch.stack(torch.broadcast_tensors(cols, rows), -1)
-        return F.grid_sample(shape, grid.to(shape.dtype), mode="bilinear", padding_mode="zeros",
-                             align_corners=True)[:, 0]
+        on_face = F.grid_sample(shape, grid.to(shape.dtype), mode="bilinear", padding_mode="zeros",
+                                align_corners=True)[:, 0]
+        if zoom is not None:
+            on_face = on_face / (zoom[:, 0] * zoom[:, 1])[:, None, None]
+        return on_face
 
     def _sample(self, random: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(counts, mean counts), each (N, 44, 44): photon statistics drawn from the noise part of

@@ -382,9 +382,11 @@ def test_regularizer_config_is_validated(tiny_file, tmp_path):
 
 def test_model_options_choose_the_structure(tiny_file, tmp_path):
     out = tmp_path / "halo"
-    loop.train(_config(tiny_file, out, epochs=1, model_options={"halo": True}), progress_bar=False)
+    options = {"halo": True, "shape_zoom": True}
+    loop.train(_config(tiny_file, out, epochs=1, model_options=options), progress_bar=False)
     simulator = Simulator.load(out / "best.safetensors")
-    assert simulator.generator.config.halo and simulator.metadata["training"]["model_options"] == {"halo": True}
+    assert simulator.generator.config.halo and simulator.generator.config.shape_zoom
+    assert simulator.metadata["training"]["model_options"] == options
     assert np.isfinite(simulator.simulate(sim_features(tiny_file), seed=1).counts).all()
     # the ranges the run was trained on are recorded: its own particles are inside, a 1e30 GeV one is not
     assert simulator.metadata["feature_ranges"]["names"][0] == "energy"
