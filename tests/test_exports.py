@@ -2,6 +2,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from google.protobuf import text_format
 
 from zdc_sim import cli, reference
@@ -78,6 +79,28 @@ def test_a_bounded_total_model_exports_its_responses(tmp_path):
     assert (responses != want.counts).mean() < 1e-3 and want.counts.sum() > 0
     # energy x full yield bounds the mean total; photon statistics add at most a few sigma:
     assert (want.counts.sum((1, 2)) <= 5.0 * x[:, 0] + 6 * np.sqrt(5.0 * x[:, 0]) + 10).all()
+
+
+def test_a_shape_zoom_model_exports_its_responses(tmp_path):
+    """shape_zoom stretches each sample's shape inside the graph: with the stretch away from 1, the
+    exported graph gives the Simulator's responses for the ZN and for the ZP."""
+    from tests.conftest import save_tiny_model
+
+    for detector in ("zn", "zp"):
+        path = save_tiny_model(tmp_path / f"zoom_{detector}.safetensors", detector, shape_zoom=True)
+        zoomed = Simulator.load(path, device="cpu")
+        with torch.no_grad():
+            zoomed.generator.zoom[-1].bias.copy_(torch.tensor([0.3, -0.2]))
+        session = ort.InferenceSession(str(onnx_export.write_onnx(zoomed, tmp_path / detector)),
+                                       providers=["CPUExecutionProvider"])
+        x, _ = reference.sample_particles(600, np.random.default_rng(3))
+        responses, channels = session.run(["RESPONSES", "CHANNELS"],
+                                          {"FEATURES": x, **zoomed.random_inputs(len(x), seed=5)})
+        want = zoomed.simulate(x, seed=5, extrapolate=True)
+        _close(channels, want.channels)
+        assert (responses != want.counts).mean() < 1e-3 and want.counts.sum() > 0
+        plain = Simulator.load(path, device="cpu").simulate(x, seed=5, extrapolate=True)  # zoom 1: other responses
+        assert (plain.counts != want.counts).mean() > 0.01
 
 
 def test_the_zp_graph_mirrors_the_c_side_and_empties_what_does_not_reach(tiny_zp_checkpoint, tmp_path):
