@@ -210,7 +210,7 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-ZOOM_MIN, ZOOM_MAX = 0.6, 1.6  # bounds of shape_zoom's stretch: real hadronic halos span 0.9-1.5 cm
+ZOOM_MIN, ZOOM_MAX = 0.6, 1.6  # shape_zoom's bounds: no shower shrinks to a point or fills the face
 PRIOR_CM = 1.0  # width of the Gaussian envelope added to the shape logits in the shower's frame
 
 
