@@ -386,6 +386,7 @@ def test_model_options_choose_the_structure(tiny_file, tmp_path):
     loop.train(_config(tiny_file, out, epochs=1, model_options=options), progress_bar=False)
     simulator = Simulator.load(out / "best.safetensors")
     assert simulator.generator.config.halo and simulator.generator.config.shape_zoom
+    assert simulator.generator.zoom[-1].weight.abs().max() > 0  # trained: the head starts at zero
     assert simulator.metadata["training"]["model_options"] == options
     assert np.isfinite(simulator.simulate(sim_features(tiny_file), seed=1).counts).all()
     # the ranges the run was trained on are recorded: its own particles are inside, a 1e30 GeV one is not
