@@ -16,24 +16,17 @@ import argparse
 import json
 
 import numpy as np
-import torch
 
 from training.evaluate import load_particles, simulated_channels_and_centres
-from zdc_sim import metrics
+from zdc_sim import metrics, species
 from zdc_sim.simulator import Simulator
-
-
-def electromagnetic(simulator: Simulator, features: np.ndarray) -> np.ndarray:
-    """(P,) bool: the particles the model's graph treats as electromagnetic (mass below 1 MeV)."""
-    standardized = torch.from_numpy(simulator.standardizer.transform(features)).float()
-    return simulator.generator.conditioner.electromagnetic(standardized).numpy()
 
 
 def fit_gains(simulator: Simulator, path: str, particles: int, seed: int) -> np.ndarray:
     """(2, 5) gains, row 0 hadronic, row 1 electromagnetic: real / generated mean per channel."""
-    features, _, real = load_particles(path, max_particles=particles)
+    features, pdg, real = load_particles(path, max_particles=particles)
     generated, _ = simulated_channels_and_centres(simulator, features, 1, seed)
-    em = electromagnetic(simulator, features)
+    em = species.shower_class(pdg) == species.ELECTROMAGNETIC
     return np.stack([real[c].mean((0, 1)) / generated[c].mean((0, 1)) for c in (~em, em)])
 
 
@@ -47,9 +40,9 @@ def main() -> None:
     args = parser.parse_args()
     simulator = Simulator.load(args.checkpoint, device="cpu")
     gains = fit_gains(simulator, args.train, args.particles, seed=7)
-    features, _, real = load_particles(args.heldout)
+    features, pdg, real = load_particles(args.heldout)
     generated, _ = simulated_channels_and_centres(simulator, features, args.samples, seed=11)
-    em = electromagnetic(simulator, features)
+    em = species.shower_class(pdg) == species.ELECTROMAGNETIC
     gained = generated * np.where(em[:, None, None], gains[1], gains[0])
     report = {"gains_hadronic": gains[0].round(4).tolist(), "gains_electromagnetic": gains[1].round(4).tolist()}
     for name, g in (("as_trained", generated), ("with_gains", gained)):
