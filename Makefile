@@ -119,7 +119,7 @@ runs/compare/%/evaluation.json: runs/compare/%/refit.safetensors runs/compare/sd
 # The learned width per sample (docs/fidelity.md, "A learned width per sample"): the default recipe
 # with the model option shape_zoom, seed 1, without (zoom-1) and with (zoomlin-1) the linear channel
 # score, refitted and scored on the 30,000 held-out particles paired with the default recipe's SDI
-# seed 1. They ran two at a time with one thread each: `make -j2 shape-zoom COMPARE_THREADS=1`.
+# run of the same seed (zoom-2 with sdi-2). They ran two at a time with one thread each: `make -j2 shape-zoom COMPARE_THREADS=1`.
 ZOOM_RUNS ?= zoom-1 zoomlin-1
 
 shape-zoom: $(foreach run,$(ZOOM_RUNS),runs/zoom/$(run)/evaluation.json)
@@ -132,9 +132,10 @@ runs/zoom/%/refit.safetensors: | data/train100k_zn.root data/validation10k_zn.ro
 		$(if $(filter zoomlin-%,$*),--energy-score-linear 20) $(if $(wildcard runs/zoom/$*/last.safetensors),--resume)
 	$(BIN)/zdc-sim refit-intensity --checkpoint runs/zoom/$*/best.safetensors --data data/train100k_zn.root --out $@
 
-runs/zoom/%/evaluation.json: runs/zoom/%/refit.safetensors runs/compare/sdi-1/refit.safetensors | $(HELDOUT30K)
+runs/zoom/%/evaluation.json: runs/zoom/%/refit.safetensors | $(HELDOUT30K)
+	$(MAKE) runs/compare/sdi-$(word 2,$(subst -, ,$*))/refit.safetensors
 	$(BIN)/zdc-sim evaluate --checkpoint runs/zoom/$*/refit.safetensors --data $(HELDOUT30K) --json \
-		--compare runs/compare/sdi-1/refit.safetensors > runs/zoom/$*/evaluation.txt
+		--compare runs/compare/sdi-$(word 2,$(subst -, ,$*))/refit.safetensors > runs/zoom/$*/evaluation.txt
 	tail -n 1 runs/zoom/$*/evaluation.txt > $@
 
 data/train100k_zn.root: | $(STAMP)
