@@ -81,7 +81,8 @@ shipped-model:
 	$(BIN)/zdc-sim evaluate --checkpoint $(DETECTOR) --data data/heldout10k_$(DETECTOR).root --ceiling --json | tail -n 1 > $(MODEL_DIR)/evaluation_$(DETECTOR).txt
 
 # The regularizer comparison of docs/regularizers.md at full budget, at the default recipe: each
-# regularizer trained with everything else equal (SDI and the plain cGAN on seeds 1 and 2, the four
+# regularizer trained with everything else equal, model options pinned to those the table ran with
+# (the bounded total, no shape_zoom; SDI and the plain cGAN on seeds 1 and 2, the four
 # others on seed 1), its intensity factors refitted on every training particle (`refit-intensity`),
 # and scored on the same 30,000 held-out ZN particles x 4 (seed 30001), paired with the SDI run of
 # its seed (SDI seed 2 with SDI seed 1, SDI seed 1 with the shipped model and with the perfect
@@ -102,7 +103,7 @@ runs/compare/%/trained: | data/train100k_zn.root data/validation10k_zn.root
 	$(BIN)/zdc-sim train --config training/configs/default.json --detector zn --data data/train100k_zn.root \
 		--val-data data/validation10k_zn.root --out runs/compare/$* --quiet --threads $(COMPARE_THREADS) \
 		--regularizer $(word 1,$(subst -, ,$*)) --seed $(word 2,$(subst -, ,$*)) \
-		$(if $(wildcard runs/compare/$*/last.safetensors),--resume)
+		--model-options '{"bounded_total": true}' $(if $(wildcard runs/compare/$*/last.safetensors),--resume)
 	touch $@
 
 runs/compare/%/refit.safetensors: runs/compare/%/trained
@@ -117,10 +118,11 @@ runs/compare/%/evaluation.json: runs/compare/%/refit.safetensors runs/compare/sd
 	tail -n 1 runs/compare/$*/evaluation.txt > $@
 
 # The learned width per sample (docs/fidelity.md, "A learned width per sample"): the default recipe
-# with the model option shape_zoom, seed 1, without (zoom-1) and with (zoomlin-1) the linear channel
-# score, refitted and scored on the 30,000 held-out particles paired with the default recipe's SDI
-# run of the same seed (zoom-2 with sdi-2). They ran two at a time with one thread each: `make -j2 shape-zoom COMPARE_THREADS=1`.
-ZOOM_RUNS ?= zoom-1 zoomlin-1
+# with the model option shape_zoom, seeds 1 and 2 (zoom-1, zoom-2) and seed 1 with the linear channel
+# score (zoomlin-1), refitted and scored on the 30,000 held-out particles paired with the default
+# recipe's SDI run of the same seed. zoom-1 and zoomlin-1 ran two at a time with one thread each
+# (`make -j2 shape-zoom COMPARE_THREADS=1`), zoom-2 alone on two threads.
+ZOOM_RUNS ?= zoom-1 zoomlin-1 zoom-2
 
 shape-zoom: $(foreach run,$(ZOOM_RUNS),runs/zoom/$(run)/evaluation.json)
 
