@@ -57,8 +57,10 @@ bench-regularizers: $(STAMP)
 # validated on). `default-model` is the ZN's, `default-model-zp` the ZP's. The best checkpoint's
 # intensity factors (common and electromagnetic) are refitted on every training particle on their way to
 # the shipped file: a run of today's recipe gets ~1.000 there (docs/fidelity.md).
+# The ZN's run: the default recipe with the learned width per sample (shape_zoom), seed 1, one thread.
 default-model: $(STAMP)
-	$(MAKE) shipped-model DETECTOR=zn TARGET=model.safetensors
+	$(MAKE) shipped-model DETECTOR=zn TARGET=model.safetensors \
+		TRAIN_FLAGS="--seed 1 --threads 1 --model-options '{\"bounded_total\": true, \"shape_zoom\": true}'"
 
 # The ZP's run: two threads, and resumed for two more epochs (its best epoch is the third); it was
 # trained before the bounded total became the default.
