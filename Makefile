@@ -57,24 +57,20 @@ bench-regularizers: $(STAMP)
 # validated on). `default-model` is the ZN's, `default-model-zp` the ZP's. The best checkpoint's
 # intensity factors (common and electromagnetic) are refitted on every training particle on their way to
 # the shipped file: a run of today's recipe gets ~1.000 there (docs/fidelity.md).
-# The ZN's run: the default recipe with the learned width per sample (shape_zoom), seed 1, one thread.
+# Both shipped models: the default recipe with the learned width per sample (shape_zoom), seed 1,
+# one thread.
 default-model: $(STAMP)
-	$(MAKE) shipped-model DETECTOR=zn TARGET=model.safetensors \
-		TRAIN_FLAGS="--seed 1 --threads 1 --model-options '{\"bounded_total\": true, \"shape_zoom\": true}'"
+	$(MAKE) shipped-model DETECTOR=zn TARGET=model.safetensors
 
-# The ZP's run: the same recipe as the ZN's (shape_zoom, seed 1, one thread).
 default-model-zp: $(STAMP)
-	$(MAKE) shipped-model DETECTOR=zp TARGET=zp.safetensors \
-		TRAIN_FLAGS="--seed 1 --threads 1 --model-options '{\"bounded_total\": true, \"shape_zoom\": true}'"
-
-SHIPPED_TRAIN = $(BIN)/zdc-sim train --config training/configs/default.json --detector $(DETECTOR) \
-	--data data/train100k_$(DETECTOR).root --val-data data/validation10k_$(DETECTOR).root --out runs/$(DETECTOR) \
-	--quiet $(TRAIN_FLAGS)
+	$(MAKE) shipped-model DETECTOR=zp TARGET=zp.safetensors
 
 shipped-model:
 	$(BIN)/zdc-sim data generate --particles 100000 --repeats 2 --seed 1 --reaching $(DETECTOR) --out data/train100k_$(DETECTOR).root --quiet
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 3 --reaching $(DETECTOR) --out data/validation10k_$(DETECTOR).root --quiet
-	$(SHIPPED_TRAIN)
+	$(BIN)/zdc-sim train --config training/configs/default.json --detector $(DETECTOR) \
+		--data data/train100k_$(DETECTOR).root --val-data data/validation10k_$(DETECTOR).root --out runs/$(DETECTOR) \
+		--quiet --seed 1 --threads 1 --model-options '{"bounded_total": true, "shape_zoom": true}'
 	$(BIN)/zdc-sim refit-intensity --checkpoint runs/$(DETECTOR)/best.safetensors --data data/train100k_$(DETECTOR).root \
 		--out $(MODEL_DIR)/$(TARGET)
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 2 --reaching $(DETECTOR) --out data/heldout10k_$(DETECTOR).root --quiet
