@@ -117,9 +117,11 @@ runs/compare/%/evaluation.json: runs/compare/%/refit.safetensors runs/compare/sd
 # The learned width per sample (docs/fidelity.md, "A learned width per sample"): the default recipe
 # with the model option shape_zoom, seeds 1 and 2 (zoom-1, zoom-2) and seed 1 with the linear channel
 # score (zoomlin-1), refitted and scored on the 30,000 held-out particles paired with the default
-# recipe's SDI run of the same seed. zoom-1 and zoomlin-1 ran two at a time with one thread each
+# recipe's SDI run of the same seed; seeds 3 and 4 (zoom-3, zoom-4) paired with zoom-1, the shipped
+# ZN. zoom-1 and zoomlin-1, then zoom-3 and zoom-4, ran two at a time with one thread each
 # (`make -j2 shape-zoom COMPARE_THREADS=1`), zoom-2 alone on two threads.
-ZOOM_RUNS ?= zoom-1 zoomlin-1 zoom-2
+ZOOM_RUNS ?= zoom-1 zoomlin-1 zoom-2 zoom-3 zoom-4
+zoom_partner = $(if $(filter zoom-3 zoom-4,$(1)),runs/zoom/zoom-1,runs/compare/sdi-$(word 2,$(subst -, ,$(1))))/refit.safetensors
 
 shape-zoom: $(foreach run,$(ZOOM_RUNS),runs/zoom/$(run)/evaluation.json)
 
@@ -132,10 +134,9 @@ runs/zoom/%/refit.safetensors: | data/train100k_zn.root data/validation10k_zn.ro
 	$(BIN)/zdc-sim refit-intensity --checkpoint runs/zoom/$*/best.safetensors --data data/train100k_zn.root --out $@
 
 .SECONDEXPANSION:
-runs/zoom/%/evaluation.json: runs/zoom/%/refit.safetensors runs/compare/sdi-$$(word 2,$$(subst -, ,$$*))/refit.safetensors \
-		| $(HELDOUT30K)
+runs/zoom/%/evaluation.json: runs/zoom/%/refit.safetensors $$(call zoom_partner,$$*) | $(HELDOUT30K)
 	$(BIN)/zdc-sim evaluate --checkpoint runs/zoom/$*/refit.safetensors --data $(HELDOUT30K) --json \
-		--compare runs/compare/sdi-$(word 2,$(subst -, ,$*))/refit.safetensors > runs/zoom/$*/evaluation.txt
+		--compare $(call zoom_partner,$*) > runs/zoom/$*/evaluation.txt
 	tail -n 1 runs/zoom/$*/evaluation.txt > $@
 
 data/train100k_zn.root: | $(STAMP)
