@@ -1,7 +1,7 @@
 """Probe: does the training's validation rank runs as the held-out set does?
 
-For each run directory given, reads the best epoch's validation ratio (the lowest in its
-metrics.jsonl, the epoch the training kept) and the held-out ratio in its evaluation.json, and
+For each run directory given, reads the validation ratio of the epoch the training kept (stored in
+best.safetensors's metadata) and the held-out ratio in its evaluation.json, and
 prints both and their Spearman correlation. Only runs scored on the same held-out file count.
 A probe for docs/fidelity.md ("Seeds 3 and 4 of `shape_zoom`"):
 
@@ -16,21 +16,18 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-
-def best_validation(run: Path) -> float:
-    """The lowest validation ratio over the run's epochs: the one its best checkpoint holds."""
-    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return min(epoch["val"]["ratio_to_floor"] for epoch in epochs if "val" in epoch)
+from zdc_sim import checkpoint
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories with metrics.jsonl and evaluation.json")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories with best.safetensors and evaluation.json")
     args = parser.parse_args()
     rows = []
     for run in args.runs:
         evaluation = json.loads((run / "evaluation.json").read_text())
-        rows.append((run, best_validation(run), evaluation["ratio_to_floor"], evaluation["data"]))
+        _, metadata = checkpoint.load(run / "best.safetensors")
+        rows.append((run, metadata["validation"]["ratio_to_floor"], evaluation["ratio_to_floor"], evaluation["data"]))
     held_out = {data for *_, data in rows}
     if len(held_out) != 1:
         raise SystemExit(f"the runs were scored on different held-out sets: {sorted(held_out)}; expected one")
