@@ -27,7 +27,7 @@ import torch
 
 from zdc_sim import features as feature_rules, geometry, metrics, species
 from zdc_sim.errors import ConfigError
-from zdc_sim.models import Generator
+from zdc_sim.models import Generator, ModelConfig, with_post_processing_defaults
 from zdc_sim.simulator import CHUNK_ROWS
 
 from .losses import energy_score
@@ -269,4 +269,57 @@ def refit_checkpoint_intensity(path, data, source: str, out=None, seed: int = IN
     metadata.update(intensity_factor=record["intensity_after"], em_intensity_factor=record["em_intensity_after"],
                     intensity_refit=record)
     checkpoint.save(out or path, checkpoint.prefixed("generator", generator.state_dict()), metadata)
+    return record
+
+
+SHARE_MAP_SEED = 12347  # the seed of the generated samples the tower share map is fitted on
+SHARE_MAP_SAMPLES = 2  # generated samples per training particle
+
+
+@torch.no_grad()
+def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SHARE_MAP_SEED,
+                               samples: int = SHARE_MAP_SAMPLES) -> dict:
+    """Fit a ZN checkpoint's tower share map (zdc_sim/share_map.py) on every particle of `data`, its
+    training set read from the file `source`: the real repeats' tower splits against `samples` generated mean
+    responses per particle of the model without a map (a map already there is refitted from
+    scratch). Writes the checkpoint, its config with `tower_share_map` on, to `out` (in place when
+    None), atomically; returns the record also stored in the metadata as `share_map_refit`."""
+    from dataclasses import replace
+
+    from zdc_sim import checkpoint
+    from zdc_sim.share_map import fit_knots
+
+    tensors, metadata = checkpoint.load(path)
+    config = ModelConfig.from_dict(metadata["model"])
+    weights = {k: v for k, v in checkpoint.unprefixed("generator", tensors).items() if not k.startswith("share_map.")}
+    plain = Generator(replace(config, tower_share_map=False))
+    plain.load_state_dict(with_post_processing_defaults(weights))
+    mapped = Generator(replace(config, tower_share_map=True))  # ConfigError where the towers are not quadrants
+    missing, unexpected = mapped.load_state_dict(with_post_processing_defaults(weights), strict=False)
+    if unexpected or any(not key.startswith("share_map.") for key in missing):
+        raise ConfigError(f"checkpoint '{path}' does not match its own config (missing {missing}, unexpected {unexpected})")
+    _, (feats, real) = metrics.group_repeats(data.particle_id, data.features, data.channels)
+    feats = feats[:, 0]
+    standardizer = feature_rules.Standardizer.from_dict(metadata["standardizer"])
+    x = torch.tensor(standardizer.transform(geometry.to_a_side(feats)), dtype=torch.float32)
+    rows = x.repeat_interleave(samples, 0)
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.tensor(config.geometry.masks_flat[:4], dtype=torch.float32)
+    towers = []
+    for start in range(0, len(rows), CHUNK_ROWS // 16):
+        batch = rows[start : start + CHUNK_ROWS // 16]
+        z = torch.randn(len(batch), config.latent_dim, generator=g)
+        towers.append(plain.mean_counts(z, batch).flatten(1) @ masks.T)
+    knots = fit_knots(plain.impact_point(x).numpy(), feats[:, feature_rules.INDEX["energy"]],
+                      plain.conditioner.electromagnetic(x).numpy(), real[..., :4],
+                      torch.cat(towers).double().numpy().reshape(len(feats), samples, 4))
+    for name, value in knots.items():
+        getattr(mapped.share_map, name).copy_(torch.as_tensor(value))
+    identity = np.linspace(-12.0, 12.0, knots["real_knots"].shape[-1])
+    record = {"particles": int(len(feats)), "samples": samples, "seed": seed, "data": str(source),
+              "data_fingerprint": checkpoint.file_fingerprint(source),
+              "bins_fitted": int((knots["real_knots"] != identity).any(-1).sum())}
+    metadata = {k: v for k, v in metadata.items() if k not in ("format", "code_version")}
+    metadata.update(model=mapped.config.to_dict(), share_map_refit=record)
+    checkpoint.save(out or path, checkpoint.prefixed("generator", mapped.state_dict()), metadata)
     return record

@@ -162,6 +162,21 @@ def _refit_intensity(args) -> None:
           f"{record['particles']} particles of {args.data}; wrote {args.out or args.checkpoint}")
 
 
+def _refit_share_map(args) -> None:
+    from training.calibrate import refit_checkpoint_share_map
+    from training.data import load
+
+    from . import checkpoint, geometry
+    from .simulator import default_model_path
+
+    path = default_model_path(args.checkpoint) if args.checkpoint.lower() in geometry.DETECTORS else args.checkpoint
+    detector = checkpoint.load(path)[1]["model"]["detector"]
+    data = load(args.data, images=False, detector=detector)
+    record = refit_checkpoint_share_map(path, data, args.data, out=args.out)
+    print(f"tower share map fitted on {record['particles']} particles x {record['samples']} samples of {args.data} "
+          f"({record['bins_fitted']} bins of class x axis x position x fraction); wrote {args.out or args.checkpoint}")
+
+
 def _bench_regularizers(args) -> None:
     from training.benchmark import METHODS, BenchPlan, run
 
@@ -338,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     ri.add_argument("--data", required=True, help="the ROOT file it was trained on")
     ri.add_argument("--out", help="where to write the refitted checkpoint (default: in place)")
     ri.set_defaults(run=_refit_intensity)
+
+    rs = commands.add_parser("refit-share-map", help="fit a ZN checkpoint's tower share map (zdc_sim/share_map.py) "
+                             "on every particle of its training file")
+    rs.add_argument("--checkpoint", required=True, help="checkpoint written by zdc-sim train or refit-intensity, "
+                    "or zn for the shipped ZN model")
+    rs.add_argument("--data", required=True, help="the ROOT file it was trained on")
+    rs.add_argument("--out", help="where to write the checkpoint with the map (default: in place)")
+    rs.set_defaults(run=_refit_share_map)
 
     ex = commands.add_parser("export", help="simulate the particles of ROOT files into ROOT files of responses",
                              parents=[shared["branch_map"], shared["quiet"]])

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .features import INDEX, N_FEATURES, Standardizer
 from . import geometry
 from .geometry import N_CHANNELS, channel_sums
+from .share_map import TowerShareMap
 
 N_DERIVED = 6
 CONDITION_DIM = N_FEATURES + N_DERIVED
@@ -66,6 +67,10 @@ class ModelConfig:
                   (docs/fidelity.md, "Where the refitted ZN's error lives"). It reads the latent
                   without the shape temperature, as the total head does: the temperature tames the
                   logits' fine structure, the zoom is a coarse width that training fits to the data.
+    tower_share_map (with impact_frame, ZN quadrant towers) each sample's split into the four towers is
+                  mapped quantile to quantile onto real showers' splits, by class, impact coordinate and
+                  deposited fraction (zdc_sim/share_map.py): a post-processing step fitted after
+                  training (`zdc-sim refit-share-map`), the identity until it is fitted.
     """
 
     detector: str = "zn"
@@ -81,6 +86,7 @@ class ModelConfig:
     envelope: str = "fitted"
     bounded_total: bool = False
     shape_zoom: bool = False
+    tower_share_map: bool = False
 
     def __post_init__(self):
         geometry.detector(self.detector)  # ConfigError for an unknown one
@@ -90,6 +96,9 @@ class ModelConfig:
             raise ConfigError("bounded_total needs latent_gate (its fraction is the location-scale head's)")
         if self.shape_zoom and not self.impact_frame:
             raise ConfigError("shape_zoom needs impact_frame (the shape is stretched about the impact point)")
+        if self.tower_share_map and (not self.impact_frame or self.geometry.towers != "quadrants"):
+            raise ConfigError("tower_share_map needs impact_frame and a calorimeter whose towers are quadrants (the ZN); "
+                              f"found impact_frame={self.impact_frame}, towers '{self.geometry.towers}' ({self.detector})")
         if self.upsample not in ("nearest", "transposed"):
             raise ConfigError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
         if self.envelope not in ("gaussian", "fitted"):
@@ -307,6 +316,8 @@ class Generator(nn.Module):
         # is): fitted after training (training/calibrate.py), since adversarial training leaves the
         # shapes of one particle more varied than real showers (far towers' spread 1.25x).
         self.register_buffer("shape_temperature", torch.ones(()))
+        if config.tower_share_map:
+            self.share_map = TowerShareMap(det.masks[:4], np.stack([geometry.quadrant_towers(det.shape) == t for t in range(4)]))
 
     @torch.no_grad()
     def set_total_scale(self, mean_log_total: float) -> None:
@@ -366,7 +377,12 @@ class Generator(nn.Module):
         if config.halo:
             share, width = self._halo_parameters(inputs)
             on_face = (1 - share)[:, :, None] * on_face + share[:, :, None] * self._halo_on_face(impact, width)
-        return torch.exp(log_total)[:, :, None] * on_face
+        mean = torch.exp(log_total)[:, :, None] * on_face
+        if config.tower_share_map:
+            standardized = condition[:, :N_FEATURES]
+            mean = self.share_map(mean, impact, self.conditioner.energy_gev(standardized),
+                                  self.conditioner.electromagnetic(standardized))
+        return mean
 
     def _zoom(self, inputs: torch.Tensor) -> torch.Tensor:
         """(N, 2) each sample's stretch of its shape in x and y, in [ZOOM_MIN, ZOOM_MAX]."""

@@ -1,0 +1,147 @@
+"""The tower share map (zdc_sim/share_map.py): its interpolation, its fit on synthetic splits whose
+spread is known, the quadrant scaling that carries it into the image, its refit command and its
+ONNX export."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from zdc_sim import checkpoint, geometry, reference, share_map
+from zdc_sim.errors import ConfigError
+from zdc_sim.exports import onnx as onnx_export
+from zdc_sim.models import Generator, ModelConfig, SIZES
+from zdc_sim.simulator import Simulator
+
+
+def test_interpolation_follows_numpy_inside_and_keeps_slope_one_outside():
+    x = torch.tensor([[-1.0, 0.0, 2.0], [0.0, 1.0, 3.0]])
+    y = torch.tensor([[-3.0, 0.0, 1.0], [0.0, 2.0, 4.0]])
+    u = torch.tensor([-0.5, 2.0])
+    got = share_map.interpolate(u, x, y)
+    assert got.tolist() == pytest.approx([np.interp(-0.5, x[0], y[0]), np.interp(2.0, x[1], y[1])])
+    outside = share_map.interpolate(torch.tensor([-3.0, 5.0]), x, y)
+    assert outside.tolist() == pytest.approx([-3.0 - 2.0, 4.0 + 2.0])  # below: -3 + (-3 - -1); above: 4 + (5 - 3)
+
+
+def synthetic_splits(n, spread, rng, impact_x=0.5):
+    """(impact (n, 2), energy, em, towers (n, 1, 4)): showers at one impact point whose right and
+    top shares have log odds 0.3 + spread x a standard normal, totals 2,500-7,500 counts."""
+    logits = 0.3 + spread * rng.standard_normal((n, 2))
+    right, top = 1 / (1 + np.exp(-logits[:, 0])), 1 / (1 + np.exp(-logits[:, 1]))
+    total = rng.uniform(2500.0, 7500.0, (n, 1))
+    towers = np.stack([(1 - right) * top, right * top, (1 - right) * (1 - top), right * (1 - top)], 1) * total
+    impact = np.tile([impact_x, -0.3], (n, 1))
+    return impact, np.full(n, 2500.0), np.zeros(n, bool), towers[:, None]
+
+
+def fitted_map(real_spread, generated_spread, n=6000):
+    rng = np.random.default_rng(0)
+    impact, energy, em, real = synthetic_splits(n, real_spread, rng)
+    *_, generated = synthetic_splits(n, generated_spread, rng)
+    knots = share_map.fit_knots(impact, energy, em, real, generated)
+    module = share_map.TowerShareMap(geometry.detector("zn").masks[:4],
+                                     np.stack([geometry.quadrant_towers((44, 44)) == t for t in range(4)]))
+    for name, value in knots.items():
+        getattr(module, name).copy_(torch.as_tensor(value))
+    return module, knots
+
+
+def test_a_too_narrow_split_is_widened_to_the_real_spread_and_the_rest_stays_identity():
+    """Generated log odds spread 0.5 where real ones spread 1.0: mapped, fresh generated splits
+    spread 1.0 (to 5 %) around the real centre; a bin with no showers (elsewhere on the face, or
+    the EM class) maps every share to itself."""
+    module, knots = fitted_map(real_spread=1.0, generated_spread=0.5)
+    impact, energy, em, towers = synthetic_splits(4000, 0.5, np.random.default_rng(7))
+    towers = torch.tensor(towers[:, 0], dtype=torch.float32)
+    mapped = module.target_shares(towers, torch.tensor(impact, dtype=torch.float32),
+                                  torch.tensor(energy, dtype=torch.float32), torch.tensor(em))
+    log_odds = torch.logit(mapped).numpy()
+    np.testing.assert_allclose(log_odds.std(0), 1.0, rtol=0.05)
+    np.testing.assert_allclose(log_odds.mean(0), 0.3, atol=0.05)
+    fitted = (knots["real_knots"] != knots["generated_knots"]).any(-1).reshape(2, -1)
+    assert fitted[0].sum() > 0 and not fitted[1].any()  # hadronic bins only
+    elsewhere = torch.tensor(np.tile([-3.0, 3.0], (len(towers), 1)), dtype=torch.float32)
+    for impact_elsewhere, em_flag in ((elsewhere, torch.zeros(len(towers), dtype=torch.bool)),
+                                      (torch.tensor(impact, dtype=torch.float32), torch.ones(len(towers), dtype=torch.bool))):
+        same = module.target_shares(towers, impact_elsewhere, torch.tensor(energy, dtype=torch.float32), em_flag)
+        np.testing.assert_allclose(same.numpy(), torch.stack(share_map.shares(towers)[:2], 1).numpy(), atol=1e-4)
+
+
+def test_the_image_carries_the_mapped_shares_with_its_total_and_in_quadrant_shape_kept():
+    """forward scales whole quadrants: the towers of the result hold the target shares (the 2 x 2
+    proportional fit converges), the towers' total and the ratio of any two fibres of one quadrant
+    are unchanged, and a shower under MIN_TOWER_COUNTS is left as it is. A shower with nothing on
+    one side stays finite (its factors are bounded)."""
+    module, _ = fitted_map(real_spread=1.0, generated_spread=0.5)
+    det = geometry.detector("zn")
+    rng = np.random.default_rng(3)
+    mean = torch.tensor(rng.gamma(2.0, 3.0, (64, 44, 44)), dtype=torch.float32)  # ~12,000 counts each
+    mean[0] *= 1e-3  # ~12 counts: a graze
+    mean[2, :, 22:] = 0.0  # nothing on the right
+    impact = torch.tensor(np.tile([0.5, -0.3], (64, 1)), dtype=torch.float32)
+    energy, em = torch.full((64,), 2500.0), torch.zeros(64, dtype=torch.bool)
+    out = module(mean, impact, energy, em)
+    masks = torch.tensor(det.masks_flat[:4], dtype=torch.float32)
+    before, after = mean.flatten(1) @ masks.T, out.flatten(1) @ masks.T
+    target = module.target_shares(before, impact, energy, em)
+    got = torch.stack(share_map.shares(after)[:2], 1)
+    assert torch.isfinite(out).all() and (out[2, :, 22:] == 0).all()
+    rest = [0, 1] + list(range(3, 64))
+    np.testing.assert_allclose(got[rest][1:].numpy(), target[rest][1:].numpy(), atol=1e-4)
+    np.testing.assert_allclose(after[rest].sum(1).numpy(), before[rest].sum(1).numpy(), rtol=1e-4)
+    assert torch.equal(out[0], mean[0]) and not torch.allclose(out[1:], mean[1:])
+    ratio = out[1:, :22, :22] / mean[1:, :22, :22]  # the top-left quadrant, one factor per shower
+    assert torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-4)
+
+
+def test_refit_share_map_writes_a_mapped_checkpoint_and_refuses_strip_towers(tiny_checkpoint, tiny_zp_checkpoint,
+                                                                             tiny_file, tmp_path, monkeypatch, capsys):
+    """On the tiny training file (bins of 5 showers allowed): a new checkpoint whose config has the
+    map on, the record of what it was fitted on, fitted knots, and the source left as it was; it
+    loads and simulates. The ZP's strip towers have no 2 x 2 split: refused, nothing written."""
+    from zdc_sim.cli import main
+
+    monkeypatch.setattr(share_map, "MIN_SAMPLES", 5)
+    monkeypatch.setattr(share_map, "MIN_TOWER_COUNTS", 0.0)
+    original = tiny_checkpoint.read_bytes()
+    out = tmp_path / "mapped.safetensors"
+    assert main(["refit-share-map", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_file), "--out", str(out)]) == 0
+    assert tiny_checkpoint.read_bytes() == original
+    tensors, metadata = checkpoint.load(out)
+    assert metadata["model"]["tower_share_map"] is True
+    assert metadata["share_map_refit"]["samples"] == 2 and metadata["share_map_refit"]["bins_fitted"] > 0
+    assert metadata["share_map_refit"]["particles"] == 40
+    assert not torch.equal(tensors["generator.share_map.real_knots"], tensors["generator.share_map.generated_knots"])
+    x, _ = reference.sample_particles(50, np.random.default_rng(2))
+    assert np.isfinite(Simulator.load(out).simulate(x, seed=1, extrapolate=True).counts).all()
+    assert main(["refit-share-map", "--checkpoint", str(tiny_zp_checkpoint), "--data", str(tiny_file),
+                 "--out", str(tmp_path / "zp.safetensors")]) == 2
+    assert "towers are quadrants" in capsys.readouterr().err
+    assert not (tmp_path / "zp.safetensors").exists()
+
+
+def test_a_mapped_model_exports_its_responses(tmp_path):
+    """The map runs inside the exported graph: with a map that widens every hadronic split, ONNX
+    Runtime gives the Simulator's responses, which differ from the unmapped model's."""
+    from tests.conftest import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "mapped.safetensors", "zn", tower_share_map=True)
+    mapped = Simulator.load(path, device="cpu")
+    knots = mapped.generator.share_map.generated_knots
+    with torch.no_grad():
+        mapped.generator.share_map.real_knots.copy_(knots * 1.5 + 0.2)
+    session = ort.InferenceSession(str(onnx_export.write_onnx(mapped, tmp_path)), providers=["CPUExecutionProvider"])
+    x, _ = reference.sample_particles(600, np.random.default_rng(3))
+    responses, channels = session.run(["RESPONSES", "CHANNELS"], {"FEATURES": x, **mapped.random_inputs(len(x), seed=5)})
+    want = mapped.simulate(x, seed=5, extrapolate=True)
+    np.testing.assert_allclose(channels, want.channels, rtol=2e-3, atol=2.0)
+    assert (responses != want.counts).mean() < 1e-3 and want.counts.sum() > 0
+    plain = Simulator.load(save_tiny_model(tmp_path / "plain.safetensors", "zn"), device="cpu")
+    assert not np.allclose(plain.simulate(x, seed=5, extrapolate=True).channels, want.channels)
+
+
+def test_the_map_needs_quadrant_towers():
+    with pytest.raises(ConfigError, match="quadrants"):
+        ModelConfig(**{**SIZES["tiny"].to_dict(), "detector": "zp", "tower_share_map": True})
+    Generator(ModelConfig(**{**SIZES["tiny"].to_dict(), "tower_share_map": True}))
