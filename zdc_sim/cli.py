@@ -174,7 +174,7 @@ def _refit_share_map(args) -> None:
     data = load(args.data, images=False, detector=detector)
     record = refit_checkpoint_share_map(path, data, args.data, out=args.out)
     print(f"tower share map fitted on {record['particles']} particles x {record['samples']} samples of {args.data} "
-          f"({record['bins_fitted']} bins of class x axis x position x fraction); wrote {args.out or args.checkpoint}")
+          f"({record['bins_fitted']} bins of class x axis x position x fraction); wrote {args.out or path}")
 
 
 def _bench_regularizers(args) -> None:
