@@ -1,6 +1,6 @@
 """The tower share map (zdc_sim/share_map.py): its interpolation, its fit on synthetic splits whose
-spread is known, the quadrant scaling that carries it into the image, its refit command and its
-ONNX export."""
+spread is known, the region scaling that carries it into the image (ZN quadrants, ZP strips), its
+refit command and its ONNX export."""
 
 import numpy as np
 import onnxruntime as ort
@@ -12,6 +12,8 @@ from zdc_sim.errors import ConfigError
 from zdc_sim.exports import onnx as onnx_export
 from zdc_sim.models import Generator, ModelConfig, SIZES
 from zdc_sim.simulator import Simulator
+
+ZN, ZP = geometry.detector("zn"), geometry.detector("zp")
 
 
 def test_interpolation_follows_numpy_inside_and_keeps_slope_one_outside():
@@ -39,9 +41,8 @@ def fitted_map(real_spread, generated_spread, n=6000):
     rng = np.random.default_rng(0)
     impact, energy, em, real = synthetic_splits(n, real_spread, rng)
     *_, generated = synthetic_splits(n, generated_spread, rng)
-    knots = share_map.fit_knots(impact, energy, em, real, generated)
-    module = share_map.TowerShareMap(geometry.detector("zn").masks[:4],
-                                     np.stack([geometry.quadrant_towers((44, 44)) == t for t in range(4)]))
+    knots = share_map.fit_knots(ZN, impact, energy, em, real, generated)
+    module = share_map.TowerShareMap(ZN)
     for name, value in knots.items():
         getattr(module, name).copy_(torch.as_tensor(value))
     return module, knots
@@ -65,7 +66,7 @@ def test_a_too_narrow_split_is_widened_to_the_real_spread_and_the_rest_stays_ide
     for impact_elsewhere, em_flag in ((elsewhere, torch.zeros(len(towers), dtype=torch.bool)),
                                       (torch.tensor(impact, dtype=torch.float32), torch.ones(len(towers), dtype=torch.bool))):
         same = module.target_shares(towers, impact_elsewhere, torch.tensor(energy, dtype=torch.float32), em_flag)
-        np.testing.assert_allclose(same.numpy(), torch.stack(share_map.shares(towers)[:2], 1).numpy(), atol=1e-4)
+        np.testing.assert_allclose(same.numpy(), torch.stack(share_map.shares(towers, module.splits)[0], 1).numpy(), atol=1e-4)
 
 
 def test_the_image_carries_the_mapped_shares_with_its_total_and_in_quadrant_shape_kept():
@@ -74,7 +75,7 @@ def test_the_image_carries_the_mapped_shares_with_its_total_and_in_quadrant_shap
     are unchanged, and a shower under MIN_TOWER_COUNTS is left as it is. A shower with nothing on
     one side stays finite (its factors are bounded)."""
     module, _ = fitted_map(real_spread=1.0, generated_spread=0.5)
-    det = geometry.detector("zn")
+    det = ZN
     rng = np.random.default_rng(3)
     mean = torch.tensor(rng.gamma(2.0, 3.0, (64, 44, 44)), dtype=torch.float32)  # ~12,000 counts each
     mean[0] *= 1e-3  # ~12 counts: a graze
@@ -85,7 +86,7 @@ def test_the_image_carries_the_mapped_shares_with_its_total_and_in_quadrant_shap
     masks = torch.tensor(det.masks_flat[:4], dtype=torch.float32)
     before, after = mean.flatten(1) @ masks.T, out.flatten(1) @ masks.T
     target = module.target_shares(before, impact, energy, em)
-    got = torch.stack(share_map.shares(after)[:2], 1)
+    got = torch.stack(share_map.shares(after, module.splits)[0], 1)
     assert torch.isfinite(out).all() and (out[2, :, 22:] == 0).all()
     rest = [0, 1] + list(range(3, 64))
     np.testing.assert_allclose(got[rest][1:].numpy(), target[rest][1:].numpy(), atol=1e-4)
@@ -95,11 +96,10 @@ def test_the_image_carries_the_mapped_shares_with_its_total_and_in_quadrant_shap
     assert torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-4)
 
 
-def test_refit_share_map_writes_a_mapped_checkpoint_and_refuses_strip_towers(tiny_checkpoint, tiny_zp_checkpoint,
-                                                                             tiny_file, tmp_path, monkeypatch, capsys):
+def test_refit_share_map_writes_a_mapped_checkpoint(tiny_checkpoint, tiny_file, tmp_path, monkeypatch):
     """On the tiny training file (bins of 5 showers allowed): a new checkpoint whose config has the
     map on, the record of what it was fitted on, fitted knots, and the source left as it was; it
-    loads and simulates. The ZP's strip towers have no 2 x 2 split: refused, nothing written."""
+    loads and simulates."""
     from zdc_sim.cli import main
 
     monkeypatch.setattr(share_map, "MIN_SAMPLES", 5)
@@ -115,10 +115,29 @@ def test_refit_share_map_writes_a_mapped_checkpoint_and_refuses_strip_towers(tin
     assert not torch.equal(tensors["generator.share_map.real_knots"], tensors["generator.share_map.generated_knots"])
     x, _ = reference.sample_particles(50, np.random.default_rng(2))
     assert np.isfinite(Simulator.load(out).simulate(x, seed=1, extrapolate=True).counts).all()
-    assert main(["refit-share-map", "--checkpoint", str(tiny_zp_checkpoint), "--data", str(tiny_file),
-                 "--out", str(tmp_path / "zp.safetensors")]) == 2
-    assert "towers are quadrants" in capsys.readouterr().err
-    assert not (tmp_path / "zp.safetensors").exists()
+
+
+def test_the_zps_strips_get_their_nested_shares_exactly():
+    """The ZP's split: the right half's share, then strip 2 within 1-2 and strip 4 within 3-4. With
+    a map that widens every share, the strips of the result carry the mapped shares, each strip is
+    scaled as a whole and the towers' total is kept."""
+    module = share_map.TowerShareMap(ZP)
+    with torch.no_grad():
+        module.real_knots.copy_(module.generated_knots * 1.5 + 0.2)
+    rng = np.random.default_rng(4)
+    mean = torch.tensor(rng.gamma(2.0, 3.0, (32, 30, 56)), dtype=torch.float32)
+    impact = torch.tensor(rng.uniform(-8, 8, (32, 2)), dtype=torch.float32)
+    energy, em = torch.full((32,), 2500.0), torch.zeros(32, dtype=torch.bool)
+    out = module(mean, impact, energy, em)
+    masks = torch.tensor(ZP.masks_flat[:4], dtype=torch.float32)
+    before, after = mean.flatten(1) @ masks.T, out.flatten(1) @ masks.T
+    target = module.target_shares(before, impact, energy, em)
+    got = torch.stack(share_map.shares(after, module.splits)[0], 1)
+    np.testing.assert_allclose(got.numpy(), target.numpy(), atol=1e-4)
+    assert not np.allclose(target.numpy(), torch.stack(share_map.shares(before, module.splits)[0], 1).numpy(), atol=1e-2)
+    np.testing.assert_allclose(after.sum(1).numpy(), before.sum(1).numpy(), rtol=1e-4)
+    ratio = out[:, :, :14] / mean[:, :, :14]  # strip 1, one factor per shower
+    assert torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-4)
 
 
 def test_a_mapped_model_exports_its_responses(tmp_path):
@@ -126,22 +145,25 @@ def test_a_mapped_model_exports_its_responses(tmp_path):
     Runtime gives the Simulator's responses, which differ from the unmapped model's."""
     from tests.conftest import save_tiny_model
 
-    path = save_tiny_model(tmp_path / "mapped.safetensors", "zn", tower_share_map=True)
-    mapped = Simulator.load(path, device="cpu")
-    knots = mapped.generator.share_map.generated_knots
-    with torch.no_grad():
-        mapped.generator.share_map.real_knots.copy_(knots * 1.5 + 0.2)
-    session = ort.InferenceSession(str(onnx_export.write_onnx(mapped, tmp_path)), providers=["CPUExecutionProvider"])
     x, _ = reference.sample_particles(600, np.random.default_rng(3))
-    responses, channels = session.run(["RESPONSES", "CHANNELS"], {"FEATURES": x, **mapped.random_inputs(len(x), seed=5)})
-    want = mapped.simulate(x, seed=5, extrapolate=True)
-    np.testing.assert_allclose(channels, want.channels, rtol=2e-3, atol=2.0)
-    assert (responses != want.counts).mean() < 1e-3 and want.counts.sum() > 0
-    plain = Simulator.load(save_tiny_model(tmp_path / "plain.safetensors", "zn"), device="cpu")
-    assert not np.allclose(plain.simulate(x, seed=5, extrapolate=True).channels, want.channels)
+    for detector in ("zn", "zp"):
+        path = save_tiny_model(tmp_path / f"mapped_{detector}.safetensors", detector, tower_share_map=True)
+        mapped = Simulator.load(path, device="cpu")
+        knots = mapped.generator.share_map.generated_knots
+        with torch.no_grad():
+            mapped.generator.share_map.real_knots.copy_(knots * 1.5 + 0.2)
+        session = ort.InferenceSession(str(onnx_export.write_onnx(mapped, tmp_path / detector)),
+                                       providers=["CPUExecutionProvider"])
+        responses, channels = session.run(["RESPONSES", "CHANNELS"], {"FEATURES": x, **mapped.random_inputs(len(x), seed=5)})
+        want = mapped.simulate(x, seed=5, extrapolate=True)
+        np.testing.assert_allclose(channels, want.channels, rtol=2e-3, atol=2.0)
+        assert (responses != want.counts).mean() < 1e-3 and want.counts.sum() > 0
+        plain = Simulator.load(save_tiny_model(tmp_path / f"plain_{detector}.safetensors", detector), device="cpu")
+        assert not np.allclose(plain.simulate(x, seed=5, extrapolate=True).channels, want.channels)
 
 
-def test_the_map_needs_quadrant_towers():
-    with pytest.raises(ConfigError, match="quadrants"):
-        ModelConfig(**{**SIZES["tiny"].to_dict(), "detector": "zp", "tower_share_map": True})
-    Generator(ModelConfig(**{**SIZES["tiny"].to_dict(), "tower_share_map": True}))
+def test_the_map_needs_the_impact_frame():
+    with pytest.raises(ConfigError, match="impact_frame"):
+        ModelConfig(**{**SIZES["tiny"].to_dict(), "impact_frame": False, "tower_share_map": True})
+    for detector in ("zn", "zp"):
+        Generator(ModelConfig(**{**SIZES["tiny"].to_dict(), "detector": detector, "tower_share_map": True}))

@@ -279,7 +279,7 @@ SHARE_MAP_SAMPLES = 2  # generated samples per training particle
 @torch.no_grad()
 def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SHARE_MAP_SEED,
                                samples: int = SHARE_MAP_SAMPLES) -> dict:
-    """Fit a ZN checkpoint's tower share map (zdc_sim/share_map.py) on every particle of `data`, its
+    """Fit a checkpoint's tower share map (zdc_sim/share_map.py) on every particle of `data`, its
     training set read from the file `source`: the real repeats' tower splits against `samples` generated mean
     responses per particle of the model without a map (a map already there is refitted from
     scratch). Writes the checkpoint, its config with `tower_share_map` on, to `out` (in place when
@@ -287,14 +287,14 @@ def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SH
     from dataclasses import replace
 
     from zdc_sim import checkpoint
-    from zdc_sim.share_map import fit_knots
+    from zdc_sim.share_map import IDENTITY_KNOTS, fit_knots
 
     tensors, metadata = checkpoint.load(path)
     config = ModelConfig.from_dict(metadata["model"])
     weights = {k: v for k, v in checkpoint.unprefixed("generator", tensors).items() if not k.startswith("share_map.")}
     plain = Generator(replace(config, tower_share_map=False))
     plain.load_state_dict(with_post_processing_defaults(weights))
-    mapped = Generator(replace(config, tower_share_map=True))  # ConfigError where the towers are not quadrants
+    mapped = Generator(replace(config, tower_share_map=True))
     missing, unexpected = mapped.load_state_dict(with_post_processing_defaults(weights), strict=False)
     if unexpected or any(not key.startswith("share_map.") for key in missing):
         raise ConfigError(f"checkpoint '{path}' does not match its own config (missing {missing}, unexpected {unexpected})")
@@ -310,12 +310,12 @@ def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SH
         batch = rows[start : start + CHUNK_ROWS // 16]
         z = torch.randn(len(batch), config.latent_dim, generator=g)
         towers.append(plain.mean_counts(z, batch).flatten(1) @ masks.T)
-    knots = fit_knots(plain.impact_point(x).numpy(), feats[:, feature_rules.INDEX["energy"]],
+    knots = fit_knots(config.geometry, plain.impact_point(x).numpy(), feats[:, feature_rules.INDEX["energy"]],
                       plain.conditioner.electromagnetic(x).numpy(), real[..., :4],
                       torch.cat(towers).double().numpy().reshape(len(feats), samples, 4))
     for name, value in knots.items():
         getattr(mapped.share_map, name).copy_(torch.as_tensor(value))
-    identity = np.linspace(-12.0, 12.0, knots["real_knots"].shape[-1])
+    identity = np.linspace(*IDENTITY_KNOTS, knots["real_knots"].shape[-1])
     record = {"particles": int(len(feats)), "samples": samples, "seed": seed, "data": str(source),
               "data_fingerprint": checkpoint.file_fingerprint(source),
               "bins_fitted": int((knots["real_knots"] != identity).any(-1).sum())}

@@ -174,7 +174,7 @@ def _refit_share_map(args) -> None:
     data = load(args.data, images=False, detector=detector)
     record = refit_checkpoint_share_map(path, data, args.data, out=args.out)
     print(f"tower share map fitted on {record['particles']} particles x {record['samples']} samples of {args.data} "
-          f"({record['bins_fitted']} bins of class x axis x position x fraction); wrote {args.out or path}")
+          f"({record['bins_fitted']} bins of class x split x position x fraction); wrote {args.out or path}")
 
 
 def _bench_regularizers(args) -> None:
@@ -354,10 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     ri.add_argument("--out", help="where to write the refitted checkpoint (default: in place)")
     ri.set_defaults(run=_refit_intensity)
 
-    rs = commands.add_parser("refit-share-map", help="fit a ZN checkpoint's tower share map (zdc_sim/share_map.py) "
+    rs = commands.add_parser("refit-share-map", help="fit a checkpoint's tower share map (zdc_sim/share_map.py) "
                              "on every particle of its training file")
     rs.add_argument("--checkpoint", required=True, help="checkpoint written by zdc-sim train or refit-intensity, "
-                    "or zn for the shipped ZN model")
+                    "or zn / zp for a shipped model")
     rs.add_argument("--data", required=True, help="the ROOT file it was trained on")
     rs.add_argument("--out", help="where to write the checkpoint with the map (default: in place)")
     rs.set_defaults(run=_refit_share_map)

@@ -67,10 +67,10 @@ class ModelConfig:
                   (docs/fidelity.md, "Where the refitted ZN's error lives"). It reads the latent
                   without the shape temperature, as the total head does: the temperature tames the
                   logits' fine structure, the zoom is a coarse width that training fits to the data.
-    tower_share_map (with impact_frame, ZN quadrant towers) each sample's split into the four towers is
-                  mapped quantile to quantile onto real showers' splits, by class, impact coordinate and
-                  deposited fraction (zdc_sim/share_map.py): a post-processing step fitted after
-                  training (`zdc-sim refit-share-map`), the identity until it is fitted.
+    tower_share_map (with impact_frame) each sample's split into the four towers (ZN quadrants, ZP
+                  strips) is mapped quantile to quantile onto real showers' splits, by class, impact
+                  coordinate and deposited fraction (zdc_sim/share_map.py): a post-processing step
+                  fitted after training (`zdc-sim refit-share-map`), the identity until it is fitted.
     """
 
     detector: str = "zn"
@@ -96,9 +96,8 @@ class ModelConfig:
             raise ConfigError("bounded_total needs latent_gate (its fraction is the location-scale head's)")
         if self.shape_zoom and not self.impact_frame:
             raise ConfigError("shape_zoom needs impact_frame (the shape is stretched about the impact point)")
-        if self.tower_share_map and (not self.impact_frame or self.geometry.towers != "quadrants"):
-            raise ConfigError("tower_share_map needs impact_frame and a calorimeter whose towers are quadrants (the ZN); "
-                              f"found impact_frame={self.impact_frame}, towers '{self.geometry.towers}' ({self.detector})")
+        if self.tower_share_map and not self.impact_frame:
+            raise ConfigError("tower_share_map needs impact_frame (the split is mapped by the impact head's coordinate)")
         if self.upsample not in ("nearest", "transposed"):
             raise ConfigError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
         if self.envelope not in ("gaussian", "fitted"):
@@ -317,7 +316,7 @@ class Generator(nn.Module):
         # shapes of one particle more varied than real showers (far towers' spread 1.25x).
         self.register_buffer("shape_temperature", torch.ones(()))
         if config.tower_share_map:
-            self.share_map = TowerShareMap(det.masks[:4], np.stack([geometry.quadrant_towers(det.shape) == t for t in range(4)]))
+            self.share_map = TowerShareMap(det)
 
     @torch.no_grad()
     def set_total_scale(self, mean_log_total: float) -> None:

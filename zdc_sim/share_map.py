@@ -1,17 +1,20 @@
-"""A monotone map of each generated shower's split into the ZN's four towers, fitted after training.
+"""A monotone map of each generated shower's split into the four towers, fitted after training.
 
 Why: the refitted ZN's excess over the floor on 30,000 held-out particles lives in the split of
 each shower into the towers, not in its total (docs/fidelity.md, "Where the refitted ZN's error
 lives"): real splits with generated totals read ~1x the floor per tower, the generated split 2-3x.
 No global factor fixed it (a shape temperature, a sharpness, a random shift of the centre, a
-learned width per sample). This one is fitted to the data instead: the share of the right towers
-(x > 0) and of the top towers (y > 0) of each generated sample are mapped, quantile to quantile,
-onto the distribution of real showers' shares, conditioned on the shower class, the impact head's
-coordinate across that boundary (bins of 0.2 cm) and the sample's deposited fraction (its towers'
-counts per GeV, ranked among real showers: low, middle or high third, so the share stays tied to
-the total as in real showers). The four quadrants of the face are then scaled so the towers carry
-the mapped shares (iterative proportional fitting of the 2 x 2 split): the towers' total, the
-shower's shape inside each quadrant and the photon statistics drawn afterwards are untouched.
+learned width per sample). This one is fitted to the data instead. The split is described by
+binary shares (SPLITS): for the ZN's quadrants the share of the right towers (x > 0) and of the
+top towers (y > 0); for the ZP's strips along x the right half's share, then strip 2's within
+strips 1-2 and strip 4's within strips 3-4. Each share of each generated sample is mapped,
+quantile to quantile, onto the distribution of real showers' shares, conditioned on the shower
+class, the impact head's coordinate across that boundary (bins of 0.2 cm) and the sample's
+deposited fraction (its towers' counts per GeV, ranked among real showers: low, middle or high
+third, so the share stays tied to the total as in real showers). Whole tower regions of the face
+(both fibre parities) are then scaled so the towers carry the mapped shares (iterative
+proportional fitting; exact in one pass for the strips' nested splits): the towers' total, the
+shower's shape inside each region and the photon statistics drawn afterwards are untouched.
 
 Monotone and fitted on training particles only (training/calibrate.py, `zdc-sim refit-share-map`);
 it copies no formula of any Monte Carlo. Every operation exports to ONNX (no sort, no search).
@@ -19,26 +22,59 @@ it copies no formula of any Monte Carlo. Every operation exports to ONNX (no sor
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import nn
 
-POSITION_CM = (-4.0, 4.0, 0.2)  # bins of the impact coordinate: low edge, high edge, width
+from . import geometry
+
+POSITION_STEP_CM = 0.2  # bins of the impact coordinate
 FRACTION_BINS = 3  # thirds of the real showers' deposited fraction
 LEVELS = np.linspace(0.0, 1.0, 41)[1:-1]  # quantile levels of each bin's map
 RANK_LEVELS = np.linspace(0.0, 1.0, 101)  # quantiles of the deposited fraction, for its rank
 MIN_SAMPLES = 200  # showers per bin, real and generated, for a map; fewer: identity
 MIN_TOWER_COUNTS = 50.0  # below, a sample's split is left as drawn (a graze or a miss)
-MAX_FACTOR = 1e3  # the most a quadrant is scaled by, either way
-IPF_STEPS = 10  # proportional-fitting passes; the 2 x 2 split converges to <1e-4 in a few
+MAX_FACTOR = 1e3  # the most a region is scaled by, either way
+IPF_STEPS = 10  # proportional-fitting passes; the ZN's 2 x 2 split converges to <1e-4 in a few
 LOGIT_CLIP = 1e-4
-AXES = ("right", "top")  # towers 2 + 4 (x > 0), towers 1 + 2 (y > 0)
-HIGH_SIDE = ((1, 3), (0, 1))  # tower indices (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)
+IDENTITY_KNOTS = (-12.0, 12.0)  # an unfitted bin: equal knots over a span wider than any clipped log odds
 
 
-def position_centres() -> np.ndarray:
-    lo, hi, step = POSITION_CM
-    return np.arange(lo + step / 2, hi, step)
+class Split(NamedTuple):
+    """A binary share high / (high + low) of tower indices (0-3), conditioned on the impact's x (0) or y (1)."""
+
+    high: tuple[int, ...]
+    low: tuple[int, ...]
+    axis: int
+
+
+# ZN quadrants: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right; ZP strips 0-3 left to right.
+SPLITS = {
+    "quadrants": (Split((1, 3), (0, 2), 0), Split((0, 1), (2, 3), 1)),
+    "strips": (Split((2, 3), (0, 1), 0), Split((1,), (0,), 0), Split((3,), (2,), 0)),
+}
+
+
+def tower_regions(detector: geometry.Detector) -> np.ndarray:
+    """(4, rows, columns) bool: the fibres of each tower's region, both parities (what is scaled)."""
+    towers = geometry.quadrant_towers(detector.shape) if detector.towers == "quadrants" else geometry.strip_towers(detector.shape)
+    return np.stack([towers == t for t in range(4)])
+
+
+def position_range(detector: geometry.Detector) -> tuple[float, float]:
+    """The impact coordinates the bins cover: the face's half-width rounded up to whole cm, both ways
+    (ZN -4 to 4 cm, ZP -12 to 12 cm); beyond, the outer bin's map."""
+    half = max(np.abs(detector.pixel_x_cm).max(), np.abs(detector.pixel_y_cm).max()) + detector.pitch_cm / 2
+    half = float(math.ceil(half - 1e-9))
+    return -half, half
+
+
+def position_centres(detector: geometry.Detector) -> np.ndarray:
+    lo, hi = position_range(detector)
+    return np.arange(lo + POSITION_STEP_CM / 2, hi, POSITION_STEP_CM)
 
 
 def logit(share):
@@ -50,11 +86,15 @@ def logit(share):
     return np.log(share / (1 - share))
 
 
-def shares(towers):
-    """(..., 4) tower counts -> (right share, top share, towers' total), each (...)."""
-    total = towers.sum(-1)
-    safe = total.clamp_min(1e-9) if isinstance(total, torch.Tensor) else np.maximum(total, 1e-9)
-    return (towers[..., 1] + towers[..., 3]) / safe, (towers[..., 0] + towers[..., 1]) / safe, total
+def shares(towers, splits):
+    """(..., 4) tower counts -> ([each split's share (...)], towers' total (...)), numpy or torch."""
+    torch_in = isinstance(towers, torch.Tensor)
+    out = []
+    for split in splits:
+        high, low = towers[..., list(split.high)].sum(-1), towers[..., list(split.low)].sum(-1)
+        both = high + low
+        out.append(high / (both.clamp_min(1e-9) if torch_in else np.maximum(both, 1e-9)))
+    return out, towers.sum(-1)
 
 
 def interpolate(u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -69,9 +109,6 @@ def interpolate(u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 def _bin_weights(coordinate: torch.Tensor, first: float, step: float, count: int):
     """Linear interpolation between bin centres first + i * step: ((lower, upper) index, weights)."""
-    if count == 1:
-        zero = torch.zeros_like(coordinate, dtype=torch.long)
-        return (zero, zero), (torch.full_like(coordinate, 0.5), torch.full_like(coordinate, 0.5))
     position = ((coordinate - first) / step).clamp(0, count - 1)
     lower = position.floor().clamp(max=count - 2)
     weight = position - lower
@@ -80,26 +117,30 @@ def _bin_weights(coordinate: torch.Tensor, first: float, step: float, count: int
 
 
 class TowerShareMap(nn.Module):
-    """Buffers: per (class: hadronic, EM; axis: right, top; position bin; fraction bin), one row
-    each in that order, the generated and real quantiles of the share's log odds; per class the real log deposited
-    fractions' quantiles (for a sample's rank). Unfitted it is the identity (equal knots)."""
+    """Buffers: per (class: hadronic, EM; split; position bin; fraction bin), one row each in that
+    order, the generated and real quantiles of the share's log odds; per class the real log
+    deposited fractions' quantiles (for a sample's rank). Unfitted it is the identity (equal knots)."""
 
-    def __init__(self, tower_masks: np.ndarray, quadrants: np.ndarray):
+    def __init__(self, detector: geometry.Detector):
         super().__init__()
-        n_pos, levels = len(position_centres()), len(LEVELS)
-        # one row per (class, axis, position bin, fraction bin), flat: a 5-d buffer would not survive
-        # .to(memory_format=torch.channels_last), which the CPU engine applies to the whole model
-        identity = torch.linspace(-12.0, 12.0, levels).expand(2 * 2 * n_pos * FRACTION_BINS, levels).clone()
+        self.splits = SPLITS[detector.towers]
+        self.centres = position_centres(detector)
+        rows = 2 * len(self.splits) * len(self.centres) * FRACTION_BINS
+        # flat rows: a 5-d buffer would not survive .to(memory_format=torch.channels_last), which
+        # the CPU engine applies to the whole model
+        identity = torch.linspace(*IDENTITY_KNOTS, len(LEVELS)).expand(rows, -1).clone()
         self.register_buffer("generated_knots", identity.clone())
         self.register_buffer("real_knots", identity.clone())
         self.register_buffer("log_fraction_knots", torch.linspace(-20.0, 5.0, len(RANK_LEVELS)).expand(2, -1).clone())
-        self.register_buffer("tower_masks", torch.tensor(tower_masks.reshape(4, -1), dtype=torch.float32), persistent=False)
-        self.register_buffer("quadrant_masks", torch.tensor(quadrants.reshape(4, -1), dtype=torch.float32), persistent=False)
+        self.register_buffer("tower_masks", torch.tensor(detector.masks_flat[:4], dtype=torch.float32), persistent=False)
+        regions = tower_regions(detector).reshape(4, -1)
+        self.register_buffer("regions", torch.tensor(regions, dtype=torch.float32), persistent=False)
         self.register_buffer("rank_levels", torch.tensor(RANK_LEVELS, dtype=torch.float32), persistent=False)
-        high = torch.zeros(2, 4)
-        for axis, towers in enumerate(HIGH_SIDE):
-            high[axis, list(towers)] = 1.0
-        self.register_buffer("high_side", high, persistent=False)  # (axis, tower): 1 on the high side
+        sides = torch.zeros(len(self.splits), 2, 4)  # (split, high / low, tower)
+        for i, split in enumerate(self.splits):
+            sides[i, 0, list(split.high)] = 1.0
+            sides[i, 1, list(split.low)] = 1.0
+        self.register_buffer("sides", sides, persistent=False)
 
     def fraction_rank(self, log_fraction: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
         """(N,) rank in [0, 1] of each sample's log deposited fraction among real showers of its class."""
@@ -107,85 +148,84 @@ class TowerShareMap(nn.Module):
         return interpolate(log_fraction, knots, self.rank_levels.expand_as(knots)).clamp(0.0, 1.0)
 
     def target_shares(self, towers: torch.Tensor, impact: torch.Tensor, energy: torch.Tensor, em: torch.Tensor):
-        """(N, 2) the mapped right and top shares of towers (N, 4)."""
-        right, top, total = shares(towers)
+        """(N, splits) the mapped shares of towers (N, 4)."""
+        values, total = shares(towers, self.splits)
         rank = self.fraction_rank(torch.log(total.clamp_min(1.0) / energy.clamp_min(1e-3)), em)
-        lo, _, step = POSITION_CM
-        n_pos = len(position_centres())
+        n_pos = len(self.centres)
         f_index, f_weight = _bin_weights(rank, 0.5 / FRACTION_BINS, 1.0 / FRACTION_BINS, FRACTION_BINS)
         out = []
-        for axis, share in enumerate((right, top)):
+        for s, (split, share) in enumerate(zip(self.splits, values)):
             u = logit(share)
-            p_index, p_weight = _bin_weights(impact[:, axis], lo + step / 2, step, n_pos)
+            p_index, p_weight = _bin_weights(impact[:, split.axis], float(self.centres[0]), POSITION_STEP_CM, n_pos)
             mapped = torch.zeros_like(u)
             for pi, pw in zip(p_index, p_weight):
                 for fi, fw in zip(f_index, f_weight):
-                    flat = (em.long() * 2 + axis) * n_pos * FRACTION_BINS + pi * FRACTION_BINS + fi
-                    x, y = self.generated_knots[flat], self.real_knots[flat]
-                    mapped = mapped + pw * fw * interpolate(u, x, y)
+                    row = (em.long() * len(self.splits) + s) * n_pos * FRACTION_BINS + pi * FRACTION_BINS + fi
+                    mapped = mapped + pw * fw * interpolate(u, self.generated_knots[row], self.real_knots[row])
             out.append(torch.sigmoid(mapped))
         return torch.stack(out, 1)
 
     def forward(self, mean: torch.Tensor, impact: torch.Tensor, energy: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
-        """Mean counts (N, rows, columns) with each quadrant scaled so the towers carry the mapped
-        shares; samples whose towers hold under MIN_TOWER_COUNTS are returned as they are."""
+        """Mean counts (N, rows, columns) with each tower's region scaled so the towers carry the
+        mapped shares; samples whose towers hold under MIN_TOWER_COUNTS are returned as they are."""
         flat = mean.flatten(1)
         towers = flat @ self.tower_masks.T  # (N, 4)
         target = self.target_shares(towers, impact, energy, em)
         total = towers.sum(1).clamp_min(1e-9)
         factors = torch.ones_like(towers)
         for _ in range(IPF_STEPS):
-            for axis in range(2):
-                is_high = self.high_side[axis]
+            for s, split in enumerate(self.splits):
+                high, low = self.sides[s, 0], self.sides[s, 1]
                 scaled = towers * factors
-                high_sum = (scaled * is_high).sum(1).clamp_min(1e-6)
-                low_sum = (scaled * (1 - is_high)).sum(1).clamp_min(1e-6)
-                factor = is_high * (target[:, axis] * total / high_sum)[:, None] + \
-                    (1 - is_high) * ((1 - target[:, axis]) * total / low_sum)[:, None]
+                high_sum = (scaled * high).sum(1).clamp_min(1e-6)
+                low_sum = (scaled * low).sum(1).clamp_min(1e-6)
+                # the counts this split shares out: every tower's (the ZN), or its group's as scaled so far
+                group = total if len(split.high) + len(split.low) == 4 else high_sum + low_sum
+                factor = high * (target[:, s] * group / high_sum)[:, None] + low * ((1 - target[:, s]) * group / low_sum)[:, None]
+                factor = factor + (1 - high - low)  # towers outside the split keep theirs
                 # bounded: a side that holds (almost) nothing cannot be scaled up to a share
                 factors = (factors * factor).clamp(1.0 / MAX_FACTOR, MAX_FACTOR)
         factors = torch.where((towers.sum(1) >= MIN_TOWER_COUNTS)[:, None], factors, torch.ones_like(factors))
-        return (flat * (factors @ self.quadrant_masks)).view_as(mean)
+        return (flat * (factors @ self.regions)).view_as(mean)
 
 
-def fit_knots(impact: np.ndarray, energy: np.ndarray, em: np.ndarray, real_towers: np.ndarray,
-              generated_towers: np.ndarray) -> dict[str, np.ndarray]:
+def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarray, em: np.ndarray,
+              real_towers: np.ndarray, generated_towers: np.ndarray) -> dict[str, np.ndarray]:
     """The map's knots from training particles: impact (P, 2), energy (P,) GeV, em (P,) bool,
     real_towers (P, R, 4) counts of R real repeats, generated_towers (P, G, 4) mean counts of G
     generated samples. Returns the three buffers' values (see TowerShareMap)."""
-    n_pos = len(position_centres())
-    generated = np.tile(np.linspace(-12.0, 12.0, len(LEVELS)), (2, 2, n_pos, FRACTION_BINS, 1))
+    splits, centres = SPLITS[detector.towers], position_centres(detector)
+    n_pos = len(centres)
+    generated = np.tile(np.linspace(*IDENTITY_KNOTS, len(LEVELS)), (2, len(splits), n_pos, FRACTION_BINS, 1))
     real = generated.copy()
     fraction_knots = np.tile(np.linspace(-20.0, 5.0, len(RANK_LEVELS)), (2, 1))
     rows = {}
     for name, towers in (("real", real_towers), ("generated", generated_towers)):
         k = towers.shape[1]
-        right, top, total = shares(towers.reshape(-1, 4))
-        rows[name] = dict(impact=np.repeat(impact, k, 0), em=np.repeat(em, k), right=right, top=top,
+        values, total = shares(towers.reshape(-1, 4), splits)
+        rows[name] = dict(impact=np.repeat(impact, k, 0), em=np.repeat(em, k), shares=values,
                           log_fraction=np.log(np.maximum(total, 1.0) / np.maximum(np.repeat(energy, k), 1e-3)),
                           keep=total >= MIN_TOWER_COUNTS)
-    lo, _, step = POSITION_CM
     for cls in (0, 1):
         r = rows["real"]
         pick = r["keep"] & (r["em"] == bool(cls))
         if pick.sum() < MIN_SAMPLES:
             continue
         fraction_knots[cls] = np.quantile(r["log_fraction"][pick], RANK_LEVELS)
-        for name in rows:
-            d = rows[name]
-            d["rank"] = np.interp(d["log_fraction"], fraction_knots[cls], RANK_LEVELS)
-            d["f_bin"] = np.minimum((d["rank"] * FRACTION_BINS).astype(int), FRACTION_BINS - 1)
-        for axis, key in enumerate(("right", "top")):
-            bins = {name: np.clip(np.round((rows[name]["impact"][:, axis] - lo - step / 2) / step).astype(int), 0, n_pos - 1)
-                    for name in rows}
+        for d in rows.values():
+            rank = np.interp(d["log_fraction"], fraction_knots[cls], RANK_LEVELS)
+            d["f_bin"] = np.minimum((rank * FRACTION_BINS).astype(int), FRACTION_BINS - 1)
+        for s, split in enumerate(splits):
+            bins = {name: np.clip(np.round((d["impact"][:, split.axis] - centres[0]) / POSITION_STEP_CM).astype(int), 0, n_pos - 1)
+                    for name, d in rows.items()}
             for p in range(n_pos):
                 for f in range(FRACTION_BINS):
                     values = {}
                     for name, d in rows.items():
-                        s = d["keep"] & (d["em"] == bool(cls)) & (bins[name] == p) & (d["f_bin"] == f)
-                        values[name] = logit(d[key][s])
+                        pick = d["keep"] & (d["em"] == bool(cls)) & (bins[name] == p) & (d["f_bin"] == f)
+                        values[name] = logit(d["shares"][s][pick])
                     if min(len(v) for v in values.values()) >= MIN_SAMPLES:
-                        generated[cls, axis, p, f] = np.quantile(values["generated"], LEVELS)
-                        real[cls, axis, p, f] = np.quantile(values["real"], LEVELS)
+                        generated[cls, s, p, f] = np.quantile(values["generated"], LEVELS)
+                        real[cls, s, p, f] = np.quantile(values["real"], LEVELS)
     return {"generated_knots": generated.reshape(-1, len(LEVELS)), "real_knots": real.reshape(-1, len(LEVELS)),
             "log_fraction_knots": fraction_knots}
