@@ -56,9 +56,8 @@ bench-regularizers: $(STAMP)
 # (seed 3) and the held-out set it is judged on (10,000 particles x 4, seed 2, never trained or
 # validated on). `default-model` is the ZN's, `default-model-zp` the ZP's. The best checkpoint's
 # intensity factors (common and electromagnetic) are refitted on every training particle on their way to
-# the shipped file: a run of today's recipe gets ~1.000 there (docs/fidelity.md); the ZN's then gets its
-# tower share map fitted on the same particles (`refit-share-map`, zdc_sim/share_map.py; the ZP's
-# strip towers have none).
+# the shipped file: a run of today's recipe gets ~1.000 there (docs/fidelity.md); then its tower share
+# map is fitted on the same particles (`refit-share-map`, zdc_sim/share_map.py).
 # Both shipped models: the default recipe with the learned width per sample (shape_zoom), seed 1,
 # one thread.
 default-model: $(STAMP)
@@ -75,7 +74,7 @@ shipped-model:
 		--quiet --seed 1 --threads 1 --model-options '{"bounded_total": true, "shape_zoom": true}'
 	$(BIN)/zdc-sim refit-intensity --checkpoint runs/$(DETECTOR)/best.safetensors --data data/train100k_$(DETECTOR).root \
 		--out $(MODEL_DIR)/$(TARGET)
-	$(if $(filter zn,$(DETECTOR)),$(BIN)/zdc-sim refit-share-map --checkpoint $(MODEL_DIR)/$(TARGET) --data data/train100k_zn.root)
+	$(BIN)/zdc-sim refit-share-map --checkpoint $(MODEL_DIR)/$(TARGET) --data data/train100k_$(DETECTOR).root
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 2 --reaching $(DETECTOR) --out data/heldout10k_$(DETECTOR).root --quiet
 	$(BIN)/zdc-sim evaluate --checkpoint $(DETECTOR) --data data/heldout10k_$(DETECTOR).root --ceiling --json | tail -n 1 > $(MODEL_DIR)/evaluation_$(DETECTOR).txt
 
