@@ -36,7 +36,8 @@ FRACTION_BINS = 3  # thirds of the real showers' deposited fraction
 LEVELS = np.linspace(0.0, 1.0, 41)[1:-1]  # quantile levels of each bin's map
 RANK_LEVELS = np.linspace(0.0, 1.0, 101)  # quantiles of the deposited fraction, for its rank
 MIN_SAMPLES = 200  # showers per bin, real and generated, for a map; fewer: identity
-MIN_TOWER_COUNTS = 50.0  # below, a sample's split is left as drawn (a graze or a miss)
+MIN_TOWER_COUNTS = 50.0  # below, a split's group (or a sample) is left as drawn: counting noise, not a shower
+EMPTY_SIDE = 1e-3  # counts: a side this empty cannot be scaled up to a share, so its split is left as drawn
 MAX_FACTOR = 1e3  # the most a region is scaled by, either way
 IPF_STEPS = 10  # proportional-fitting passes; the ZN's 2 x 2 split converges to <1e-4 in a few
 LOGIT_CLIP = 1e-4
@@ -167,11 +168,24 @@ class TowerShareMap(nn.Module):
 
     def forward(self, mean: torch.Tensor, impact: torch.Tensor, energy: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
         """Mean counts (N, rows, columns) with each tower's region scaled so the towers carry the
-        mapped shares; samples whose towers hold under MIN_TOWER_COUNTS are returned as they are."""
+        mapped shares; a split whose group holds under MIN_TOWER_COUNTS, or one of whose sides is
+        empty, is left as drawn. In fp32 whatever the caller's precision: in bf16 a share near 0 or 1
+        has infinite log odds."""
+        with torch.autocast(device_type=mean.device.type, enabled=False):
+            return self._scaled(mean.float(), impact.float(), energy.float(), em).to(mean.dtype)
+
+    def _scaled(self, mean: torch.Tensor, impact: torch.Tensor, energy: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
         flat = mean.flatten(1)
         towers = flat @ self.tower_masks.T  # (N, 4)
-        target = self.target_shares(towers, impact, energy, em)
-        total = towers.sum(1).clamp_min(1e-9)
+        drawn, total = shares(towers, self.splits)
+        mapped = self.target_shares(towers, impact, energy, em)
+        target = []
+        for s in range(len(self.splits)):
+            high, low = (towers * self.sides[s, 0]).sum(1), (towers * self.sides[s, 1]).sum(1)
+            mappable = (high + low >= MIN_TOWER_COUNTS) & (high > EMPTY_SIDE) & (low > EMPTY_SIDE)
+            target.append(torch.where(mappable, mapped[:, s], drawn[s]))
+        target = torch.stack(target, 1)
+        total = total.clamp_min(1e-9)
         factors = torch.ones_like(towers)
         for _ in range(IPF_STEPS):
             for s, split in enumerate(self.splits):
@@ -183,11 +197,11 @@ class TowerShareMap(nn.Module):
                 group = total if len(split.high) + len(split.low) == 4 else high_sum + low_sum
                 factor = high * (target[:, s] * group / high_sum)[:, None] + low * ((1 - target[:, s]) * group / low_sum)[:, None]
                 factor = factor + (1 - high - low)  # towers outside the split keep theirs
-                # bounded: a side that holds (almost) nothing cannot be scaled up to a share
-                factors = (factors * factor).clamp(1.0 / MAX_FACTOR, MAX_FACTOR)
+                factors = (factors * factor).clamp(1.0 / MAX_FACTOR, MAX_FACTOR)  # bounded: see MAX_FACTOR
+        # where a bound was reached the proportions are as close as it allows; the total is kept
+        factors = factors * (total / (towers * factors).sum(1).clamp_min(1e-9))[:, None]
         factors = torch.where((towers.sum(1) >= MIN_TOWER_COUNTS)[:, None], factors, torch.ones_like(factors))
         return (flat * (factors @ self.regions)).view_as(mean)
-
 
 def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarray, em: np.ndarray,
               real_towers: np.ndarray, generated_towers: np.ndarray) -> dict[str, np.ndarray]:
@@ -202,10 +216,12 @@ def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarra
     rows = {}
     for name, towers in (("real", real_towers), ("generated", generated_towers)):
         k = towers.shape[1]
-        values, total = shares(towers.reshape(-1, 4), splits)
+        flat = towers.reshape(-1, 4)
+        values, total = shares(flat, splits)
+        groups = [flat[:, list(split.high + split.low)].sum(1) >= MIN_TOWER_COUNTS for split in splits]
         rows[name] = dict(impact=np.repeat(impact, k, 0), em=np.repeat(em, k), shares=values,
                           log_fraction=np.log(np.maximum(total, 1.0) / np.maximum(np.repeat(energy, k), 1e-3)),
-                          keep=total >= MIN_TOWER_COUNTS)
+                          keep=total >= MIN_TOWER_COUNTS, groups=groups)
     for cls in (0, 1):
         r = rows["real"]
         pick = r["keep"] & (r["em"] == bool(cls))
@@ -222,7 +238,7 @@ def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarra
                 for f in range(FRACTION_BINS):
                     values = {}
                     for name, d in rows.items():
-                        pick = d["keep"] & (d["em"] == bool(cls)) & (bins[name] == p) & (d["f_bin"] == f)
+                        pick = d["groups"][s] & (d["em"] == bool(cls)) & (bins[name] == p) & (d["f_bin"] == f)
                         values[name] = logit(d["shares"][s][pick])
                     if min(len(v) for v in values.values()) >= MIN_SAMPLES:
                         generated[cls, s, p, f] = np.quantile(values["generated"], LEVELS)
