@@ -104,10 +104,11 @@ def test_the_image_carries_the_mapped_shares_with_its_total_and_in_quadrant_shap
         assert torch.isfinite(module(lopsided, impact, energy, em)).all()
 
 
-def test_refit_share_map_writes_a_mapped_checkpoint(tiny_checkpoint, tiny_file, tmp_path, monkeypatch):
+def test_refit_share_map_writes_a_mapped_checkpoint(tiny_checkpoint, tiny_file, tmp_path, monkeypatch, capsys):
     """On the tiny training file (bins of 5 showers allowed): a new checkpoint whose config has the
     map on, the record of what it was fitted on, fitted knots, and the source left as it was; it
-    loads and simulates."""
+    loads and simulates, unlike the unmapped model; a refit of it gives the same knots. An installed
+    shipped model is not rewritten in place."""
     from zdc_sim.cli import main
 
     monkeypatch.setattr(share_map, "MIN_SAMPLES", 5)
@@ -124,6 +125,8 @@ def test_refit_share_map_writes_a_mapped_checkpoint(tiny_checkpoint, tiny_file, 
     x, _ = reference.sample_particles(50, np.random.default_rng(2))
     mapped = Simulator.load(out).simulate(x, seed=1, extrapolate=True).counts
     assert np.isfinite(mapped).all() and not np.array_equal(mapped, Simulator.load(tiny_checkpoint).simulate(x, seed=1, extrapolate=True).counts)
+    assert main(["refit-share-map", "--checkpoint", "zn", "--data", str(tiny_file)]) == 2  # no --out: refused
+    assert "expected --out" in capsys.readouterr().err
     again = tmp_path / "again.safetensors"  # a map already there is dropped before the fit: the same knots
     assert main(["refit-share-map", "--checkpoint", str(out), "--data", str(tiny_file), "--out", str(again)]) == 0
     for name in ("generated_knots", "real_knots", "log_fraction_knots"):

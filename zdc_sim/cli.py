@@ -169,7 +169,11 @@ def _refit_share_map(args) -> None:
     from . import checkpoint, geometry
     from .simulator import default_model_path
 
-    path = default_model_path(args.checkpoint) if args.checkpoint.lower() in geometry.DETECTORS else args.checkpoint
+    shipped = args.checkpoint.lower() in geometry.DETECTORS
+    if shipped and not args.out:
+        raise ZdcError(f"--checkpoint {args.checkpoint} names an installed shipped model; expected --out, so the "
+                       "package's own file is not rewritten")
+    path = default_model_path(args.checkpoint) if shipped else args.checkpoint
     detector = checkpoint.load(path)[1]["model"]["detector"]
     data = load(args.data, images=False, detector=detector)
     record = refit_checkpoint_share_map(path, data, args.data, out=args.out)
