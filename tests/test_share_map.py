@@ -71,24 +71,28 @@ def test_a_too_narrow_split_is_widened_to_the_real_spread_and_the_rest_stays_ide
         np.testing.assert_allclose(same.numpy(), torch.stack(share_map.shares(towers, module.splits)[0], 1).numpy(), atol=1e-4)
 
 
+def mapped_towers(module, detector, mean, impact, energy, em):
+    """Run the map on mean images: (out, towers before, towers after, target shares, shares got)."""
+    out = module(mean, impact, energy, em)
+    masks = torch.tensor(detector.masks_flat[:4], dtype=torch.float32)
+    before, after = mean.flatten(1) @ masks.T, out.flatten(1) @ masks.T
+    target = module.target_shares(before, impact, energy, em)
+    return out, before, after, target, torch.stack(share_map.shares(after, module.splits)[0], 1)
+
+
 def test_the_image_carries_the_mapped_shares_with_its_total_and_in_quadrant_shape_kept():
     """forward scales whole quadrants: the towers of the result hold the target shares (the 2 x 2
     proportional fit converges), the towers' total and the ratio of any two fibres of one quadrant
     are unchanged, and a shower under MIN_TOWER_COUNTS is left as it is. A shower with nothing on
     one side stays finite (its factors are bounded)."""
     module, _ = fitted_map(real_spread=1.0, generated_spread=0.5)
-    det = ZN
     rng = np.random.default_rng(3)
     mean = torch.tensor(rng.gamma(2.0, 3.0, (64, 44, 44)), dtype=torch.float32)  # ~12,000 counts each
     mean[0] *= 1e-3  # ~12 counts: a graze
     mean[2, :, 22:] = 0.0  # nothing on the right: its right share cannot move, its top share can
     impact = torch.tensor(np.tile([0.5, -0.3], (64, 1)), dtype=torch.float32)
     energy, em = torch.full((64,), 2500.0), torch.zeros(64, dtype=torch.bool)
-    out = module(mean, impact, energy, em)
-    masks = torch.tensor(det.masks_flat[:4], dtype=torch.float32)
-    before, after = mean.flatten(1) @ masks.T, out.flatten(1) @ masks.T
-    target = module.target_shares(before, impact, energy, em)
-    got = torch.stack(share_map.shares(after, module.splits)[0], 1)
+    out, before, after, target, got = mapped_towers(module, ZN, mean, impact, energy, em)
     assert torch.isfinite(out).all() and float(got[2, 0]) == 0.0
     assert float(got[2, 1]) == pytest.approx(float(target[2, 1]), abs=1e-4)
     assert abs(float(target[2, 1]) - float(share_map.shares(before, module.splits)[0][1][2])) > 1e-3
@@ -144,11 +148,7 @@ def test_the_zps_strips_get_their_nested_shares_exactly():
     mean = torch.tensor(rng.gamma(2.0, 3.0, (32, 30, 56)), dtype=torch.float32)
     impact = torch.tensor(rng.uniform(-8, 8, (32, 2)), dtype=torch.float32)
     energy, em = torch.full((32,), 2500.0), torch.zeros(32, dtype=torch.bool)
-    out = module(mean, impact, energy, em)
-    masks = torch.tensor(ZP.masks_flat[:4], dtype=torch.float32)
-    before, after = mean.flatten(1) @ masks.T, out.flatten(1) @ masks.T
-    target = module.target_shares(before, impact, energy, em)
-    got = torch.stack(share_map.shares(after, module.splits)[0], 1)
+    out, before, after, target, got = mapped_towers(module, ZP, mean, impact, energy, em)
     np.testing.assert_allclose(got.numpy(), target.numpy(), atol=1e-4)
     assert not np.allclose(target.numpy(), torch.stack(share_map.shares(before, module.splits)[0], 1).numpy(), atol=1e-2)
     np.testing.assert_allclose(after.sum(1).numpy(), before.sum(1).numpy(), rtol=1e-4)

@@ -304,12 +304,11 @@ def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SH
     x = torch.tensor(standardizer.transform(geometry.to_a_side(feats)), dtype=torch.float32)
     rows = x.repeat_interleave(samples, 0)
     g = torch.Generator().manual_seed(seed)
-    masks = torch.tensor(config.geometry.masks_flat[:4], dtype=torch.float32)
     towers = []
     for start in range(0, len(rows), CHUNK_ROWS // 16):
         batch = rows[start : start + CHUNK_ROWS // 16]
         z = torch.randn(len(batch), config.latent_dim, generator=g)
-        towers.append(plain.mean_counts(z, batch).flatten(1) @ masks.T)
+        towers.append(geometry.channel_sums(plain.mean_counts(z, batch))[:, :4])
     knots = fit_knots(config.geometry, plain.impact_point(x).numpy(), feats[:, feature_rules.INDEX["energy"]],
                       plain.conditioner.electromagnetic(x).numpy(), real[..., :4],
                       torch.cat(towers).double().numpy().reshape(len(feats), samples, 4))

@@ -78,10 +78,14 @@ class Detector:
         return x, y
 
     @cached_property
+    def tower_index(self) -> np.ndarray:
+        """(rows, columns) tower 0-3 of every pixel, both parities (the tower's region of the face)."""
+        return quadrant_towers(self.shape) if self.towers == "quadrants" else strip_towers(self.shape)
+
+    @cached_property
     def masks(self) -> np.ndarray:
         """Boolean (5, rows, columns); every pixel belongs to exactly one channel."""
-        towers = quadrant_towers(self.shape) if self.towers == "quadrants" else strip_towers(self.shape)
-        return channel_masks(self.shape, towers)
+        return channel_masks(self.shape, self.tower_index)
 
     @cached_property
     def masks_flat(self) -> np.ndarray:

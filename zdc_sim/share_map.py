@@ -59,12 +59,6 @@ SPLITS = {
 }
 
 
-def tower_regions(detector: geometry.Detector) -> np.ndarray:
-    """(4, rows, columns) bool: the fibres of each tower's region, both parities (what is scaled)."""
-    towers = geometry.quadrant_towers(detector.shape) if detector.towers == "quadrants" else geometry.strip_towers(detector.shape)
-    return np.stack([towers == t for t in range(4)])
-
-
 def position_range(detector: geometry.Detector) -> tuple[float, float]:
     """The impact coordinates the bins cover: the face's half-width rounded up to whole cm, both ways
     (ZN -4 to 4 cm, ZP -12 to 12 cm); beyond, the outer bin's map."""
@@ -134,7 +128,7 @@ class TowerShareMap(nn.Module):
         self.register_buffer("real_knots", identity.clone())
         self.register_buffer("log_fraction_knots", torch.linspace(-20.0, 5.0, len(RANK_LEVELS)).expand(2, -1).clone())
         self.register_buffer("tower_masks", torch.tensor(detector.masks_flat[:4], dtype=torch.float32), persistent=False)
-        regions = tower_regions(detector).reshape(4, -1)
+        regions = np.stack([detector.tower_index.ravel() == t for t in range(4)])  # both parities: what is scaled
         self.register_buffer("regions", torch.tensor(regions, dtype=torch.float32), persistent=False)
         self.register_buffer("rank_levels", torch.tensor(RANK_LEVELS, dtype=torch.float32), persistent=False)
         sides = torch.zeros(len(self.splits), 2, 4)  # (split, high / low, tower)
