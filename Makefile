@@ -11,7 +11,7 @@ HELDOUT_ZP ?= data/heldout_zp.root
 MODEL_DIR := zdc_sim/default_model
 
 .PHONY: run test test-all test-slow bench bench-regularizers clean default-model default-model-zp \
-	compare-regularizers shape-zoom
+	compare-regularizers compare-regularizers-mapped shape-zoom
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -116,6 +116,20 @@ runs/compare/%/evaluation.json: runs/compare/%/refit.safetensors runs/compare/sd
 		$(or $(EVALUATE_FLAGS),--compare runs/compare/sdi-1/refit.safetensors) > runs/compare/$*/evaluation.txt
 	tail -n 1 runs/compare/$*/evaluation.txt > $@
 
+# The same runs with the shipped post-processing's last step, the tower share map
+# (zdc_sim/share_map.py), fitted on the same training particles (`refit-share-map`, 4 minutes on 2
+# CPU cores) and scored on the same 30,000 particles: SDI seed N paired with the shipped ZN, the plain
+# cGAN seed N with SDI seed N, the four others with SDI seed 1 (all mapped). Records
+# runs/compare/<run>/mapped.safetensors and evaluation_mapped.json.
+compare-regularizers-mapped: $(foreach run,$(COMPARE_RUNS),runs/compare/$(run)/evaluation_mapped.json)
+	$(BIN)/python bench/regularizer_table.py --mapped $(addprefix runs/compare/,$(COMPARE_RUNS))
+
+mapped_partner = $(if $(filter sdi-%,$(1)),zn,runs/compare/sdi-$(if $(filter none-%,$(1)),$(word 2,$(subst -, ,$(1))),1)/mapped.safetensors)
+
+.PRECIOUS: runs/compare/%/mapped.safetensors
+runs/compare/%/mapped.safetensors: runs/compare/%/refit.safetensors
+	$(BIN)/zdc-sim refit-share-map --checkpoint $< --data data/train100k_zn.root --out $@
+
 # The learned width per sample (docs/fidelity.md, "A learned width per sample"): the default recipe
 # with the model option shape_zoom, seeds 1 and 2 (zoom-1, zoom-2) and seed 1 with the linear channel
 # score (zoomlin-1), refitted and scored on the 30,000 held-out particles paired with the default
@@ -140,6 +154,11 @@ runs/zoom/%/evaluation.json: runs/zoom/%/refit.safetensors $$(call zoom_partner,
 	$(BIN)/zdc-sim evaluate --checkpoint runs/zoom/$*/refit.safetensors --data $(HELDOUT30K) --json \
 		--compare $(call zoom_partner,$*) > runs/zoom/$*/evaluation.txt
 	tail -n 1 runs/zoom/$*/evaluation.txt > $@
+
+runs/compare/%/evaluation_mapped.json: runs/compare/%/mapped.safetensors $$(filter-out zn,$$(call mapped_partner,$$*)) | $(HELDOUT30K)
+	$(BIN)/zdc-sim evaluate --checkpoint $< --data $(HELDOUT30K) --json \
+		--compare $(call mapped_partner,$*) > runs/compare/$*/evaluation_mapped.txt
+	tail -n 1 runs/compare/$*/evaluation_mapped.txt > $@
 
 data/train100k_zn.root: | $(STAMP)
 	$(BIN)/zdc-sim data generate --particles 100000 --repeats 2 --seed 1 --reaching zn --out $@ --quiet

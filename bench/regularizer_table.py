@@ -4,9 +4,11 @@ holds best.safetensors (whose metadata names the regularizer, its weight and see
 intensity factors refitted on every training particle; absent, best.safetensors is the scored
 one) and evaluation.json (the last line of `zdc-sim evaluate --json` on the common held-out set,
 compared with a reference run by `--compare`). `make compare-regularizers` writes these and calls
-this script; runs not finished yet are listed as missing, not skipped.
+this script; runs not finished yet are listed as missing, not skipped. With `--mapped` it reads
+mapped.safetensors and evaluation_mapped.json instead: the same runs with their tower share map
+fitted (`make compare-regularizers-mapped`).
 
-    python bench/regularizer_table.py runs/compare/sdi-1 runs/compare/none-1 ...
+    python bench/regularizer_table.py [--mapped] runs/compare/sdi-1 runs/compare/none-1 ...
 """
 
 import argparse
@@ -17,12 +19,12 @@ from training.config import TrainConfig
 from zdc_sim import checkpoint
 
 
-def _run(folder: Path) -> dict | None:
-    evaluation = folder / "evaluation.json"
+def _run(folder: Path, mapped: bool = False) -> dict | None:
+    evaluation = folder / ("evaluation_mapped.json" if mapped else "evaluation.json")
     if not evaluation.is_file():
         return None
     report = json.loads(evaluation.read_text().strip().splitlines()[-1])
-    scored = folder / "refit.safetensors"
+    scored = folder / ("mapped.safetensors" if mapped else "refit.safetensors")
     _, metadata = checkpoint.load(scored if scored.is_file() else folder / "best.safetensors")
     epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     report.update(training=metadata["training"], best_epoch=metadata.get("epoch"),
@@ -68,8 +70,8 @@ def _scores(r: dict, ceiling: float | None, paired: str = "", bold: bool = False
             f"| {_f([r['spread_bias']['hadronic'], r['spread_bias']['electromagnetic']], '{:+.2f}')} | {total_error}")
 
 
-def table(folders: list[Path]) -> str:
-    runs = {f.name: _run(f) for f in folders}
+def table(folders: list[Path], mapped: bool = False) -> str:
+    runs = {f.name: _run(f, mapped) for f in folders}
     done = {name: r for name, r in runs.items() if r is not None}
     ceiling_report = next((r for r in done.values() if "ceiling" in r), None)
     ceiling = ceiling_report["calibration_ceiling"] if ceiling_report else None
@@ -91,7 +93,9 @@ def table(folders: list[Path]) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders")
-    print(table(parser.parse_args().runs))
+    parser.add_argument("--mapped", action="store_true", help="score the runs with their tower share map")
+    args = parser.parse_args()
+    print(table(args.runs, args.mapped))
 
 
 if __name__ == "__main__":

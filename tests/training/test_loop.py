@@ -312,6 +312,13 @@ def test_regularizer_table_from_run_records(trained_run, tiny_file, tmp_path, ca
     assert any(line.startswith("| perfect simulator |") for line in lines)
     rows = [line for line in lines if line.startswith("|")]
     assert len(rows) == 5 and {len(line.split("|")[1:-1]) for line in rows} == {13}
+    # --mapped reads the same run's mapped.safetensors and evaluation_mapped.json instead
+    (run / "mapped.safetensors").write_bytes((run / "best.safetensors").read_bytes())
+    (run / "evaluation_mapped.json").write_text(json.dumps({**report, "ratio_to_floor": 0.5}) + "\n")
+    mapped_row = next(line for line in table_module.table([run], mapped=True).splitlines() if line.startswith("| sdi-0 |"))
+    assert mapped_row.split("|")[6].strip().startswith("**0.50**")
+    plain_row = next(line for line in table_module.table([run]).splitlines() if line.startswith("| sdi-0 |"))
+    assert plain_row == row and report["ratio_to_floor"] != 0.5
 
 
 def test_config_file_and_errors(tmp_path):
