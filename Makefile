@@ -57,7 +57,8 @@ bench-regularizers: $(STAMP)
 # validated on). `default-model` is the ZN's, `default-model-zp` the ZP's. The best checkpoint's
 # intensity factors (common and electromagnetic) are refitted on every training particle on their way to
 # the shipped file: a run of today's recipe gets ~1.000 there (docs/fidelity.md); then its tower share
-# map is fitted on the same particles (`refit-share-map`, zdc_sim/share_map.py).
+# map is fitted on the same particles (`refit-share-map`, zdc_sim/share_map.py), with the ZP's edge
+# total map before it.
 # Both shipped models: the default recipe with the learned width per sample (shape_zoom), seed 1,
 # one thread.
 default-model: $(STAMP)
@@ -74,7 +75,8 @@ shipped-model:
 		--quiet --seed 1 --threads 1 --model-options '{"bounded_total": true, "shape_zoom": true}'
 	$(BIN)/zdc-sim refit-intensity --checkpoint runs/$(DETECTOR)/best.safetensors --data data/train100k_$(DETECTOR).root \
 		--out $(MODEL_DIR)/$(TARGET)
-	$(BIN)/zdc-sim refit-share-map --checkpoint $(MODEL_DIR)/$(TARGET) --data data/train100k_$(DETECTOR).root
+	$(BIN)/zdc-sim refit-share-map --checkpoint $(MODEL_DIR)/$(TARGET) --data data/train100k_$(DETECTOR).root \
+		$(if $(filter zp,$(DETECTOR)),--edge-total-map)
 	$(BIN)/zdc-sim data generate --particles 10000 --repeats 4 --seed 2 --reaching $(DETECTOR) --out data/heldout10k_$(DETECTOR).root --quiet
 	$(BIN)/zdc-sim evaluate --checkpoint $(DETECTOR) --data data/heldout10k_$(DETECTOR).root --ceiling --json | tail -n 1 > $(MODEL_DIR)/evaluation_$(DETECTOR).txt
 

@@ -1,6 +1,6 @@
 """The tower share map (zdc_sim/share_map.py): its interpolation, its fit on synthetic splits whose
 spread is known, the region scaling that carries it into the image (ZN quadrants, ZP strips), its
-refit command and its ONNX export."""
+refit command and its ONNX export; the same for the ZP's edge total map."""
 
 import numpy as np
 import onnxruntime as ort
@@ -163,11 +163,17 @@ def test_a_mapped_model_exports_its_responses(tmp_path):
 
     x, _ = reference.sample_particles(600, np.random.default_rng(3))
     for detector in ("zn", "zp"):
-        path = save_tiny_model(tmp_path / f"mapped_{detector}.safetensors", detector, tower_share_map=True)
+        edge = detector == "zp"  # and the ZP's edge total map, which widens every edge bin's totals
+        path = save_tiny_model(tmp_path / f"mapped_{detector}.safetensors", detector, tower_share_map=True,
+                               edge_total_map=edge)
         mapped = Simulator.load(path, device="cpu")
         knots = mapped.generator.share_map.generated_knots
         with torch.no_grad():
             mapped.generator.share_map.real_knots.copy_(knots * 1.5 + 0.2)
+            if edge:
+                edge_map = mapped.generator.edge_total_map
+                zone = torch.tensor(share_map.edge_bins(ZP)).repeat(2)
+                edge_map.real_knots[zone] = edge_map.generated_knots[zone] * 1.2 + 0.1
         session = ort.InferenceSession(str(onnx_export.write_onnx(mapped, tmp_path / detector)),
                                        providers=["CPUExecutionProvider"])
         responses, channels = session.run(["RESPONSES", "CHANNELS"], {"FEATURES": x, **mapped.random_inputs(len(x), seed=5)})
@@ -181,5 +187,81 @@ def test_a_mapped_model_exports_its_responses(tmp_path):
 def test_the_map_needs_the_impact_frame():
     with pytest.raises(ConfigError, match="impact_frame"):
         ModelConfig(**{**SIZES["tiny"].to_dict(), "impact_frame": False, "tower_share_map": True})
+    with pytest.raises(ConfigError, match="edge_total_map needs impact_frame"):
+        ModelConfig(**{**SIZES["tiny"].to_dict(), "impact_frame": False, "edge_total_map": True})
     for detector in ("zn", "zp"):
         Generator(ModelConfig(**{**SIZES["tiny"].to_dict(), "detector": detector, "tower_share_map": True}))
+
+
+def synthetic_totals(impact_x, spread, rng):
+    """(P, 2) all-counts totals of showers of 2,500 GeV whose log deposited fraction is log 5 +
+    spread x a standard normal (12,500 counts at the median)."""
+    return 2500.0 * np.exp(np.log(5.0) + spread * rng.standard_normal((len(impact_x), 2)))
+
+
+def test_the_edge_total_map_widens_edge_totals_and_leaves_the_interior_alone():
+    """Generated log fractions spread 0.15 where real ones spread 0.3, at the ZP's beam-side edge
+    (x -12.2 to -11.8 cm) and in the middle of the face (-1 to 1 cm): mapped, fresh generated edge
+    totals spread 0.3 (to 5 %) around the real median; in the middle, outside the edge zone, every
+    factor is 1 (to float rounding), as for an EM shower (no EM showers fitted); exactly 1 for a
+    sample under 50 counts."""
+    rng = np.random.default_rng(0)
+    n = 12000
+    impact_x = np.concatenate([rng.uniform(-12.2, -11.8, n), rng.uniform(-1.0, 1.0, n)])
+    energy, em = np.full(2 * n, 2500.0), np.zeros(2 * n, bool)
+    knots = share_map.fit_edge_knots(ZP, impact_x, energy, em, synthetic_totals(impact_x, 0.3, rng),
+                                     synthetic_totals(impact_x, 0.15, rng))
+    module = share_map.EdgeTotalMap(ZP)
+    for name, value in knots.items():
+        getattr(module, name).copy_(torch.as_tensor(value))
+    fresh = torch.tensor(synthetic_totals(impact_x, 0.15, np.random.default_rng(9))[:, 0], dtype=torch.float32)
+    x, e = torch.tensor(impact_x, dtype=torch.float32), torch.tensor(energy, dtype=torch.float32)
+    factors = module.factors(fresh, x, e, torch.zeros(2 * n, dtype=torch.bool))
+    mapped = torch.log(fresh * factors / e)
+    assert float(mapped[:n].std()) == pytest.approx(0.3, rel=0.05)
+    assert float(mapped[:n].median()) == pytest.approx(np.log(5.0), abs=0.02)
+    torch.testing.assert_close(factors[n:], torch.ones(n), rtol=0, atol=1e-6)
+    torch.testing.assert_close(module.factors(fresh[:n], x[:n], e[:n], torch.ones(n, dtype=torch.bool)), torch.ones(n),
+                               rtol=0, atol=1e-6)
+    assert torch.equal(module.factors(torch.full((3,), 40.0), x[:3], e[:3], torch.zeros(3, dtype=torch.bool)), torch.ones(3))
+    image = torch.rand(4, 30, 56) * 10 + 5  # ~12,000 counts each: the image is scaled as a whole
+    out = module(image, torch.stack([x[:4], torch.zeros(4)], 1), e[:4], torch.zeros(4, dtype=torch.bool))
+    ratio = out / image
+    assert torch.allclose(ratio, ratio[:, :1, :1].expand_as(ratio), rtol=1e-5) and not torch.allclose(out, image)
+
+
+def test_refit_with_the_edge_total_map(tiny_zp_checkpoint, tmp_path, monkeypatch):
+    """On a tiny ZP training file (bins of 5 showers allowed), with the untrained model's impact head
+    set to put every shower at the beam-side edge (x -12 cm): the checkpoint gets both maps, the
+    edge map fitted in its zone only; a refit without the flag keeps it (the same knots), and the
+    model simulates responses that differ from those of the share map alone."""
+    from tests.conftest import make_parts
+    from zdc_sim import rootio
+    from zdc_sim.cli import main
+
+    monkeypatch.setattr(share_map, "MIN_SAMPLES", 5)
+    monkeypatch.setattr(share_map, "MIN_TOWER_COUNTS", 0.0)
+    data = tmp_path / "zp.root"
+    rootio.write_dataset(data, [make_parts(60, 4, seed=5, reaching="zp")], provenance={"seed": 5})
+    tensors, metadata = checkpoint.load(tiny_zp_checkpoint)
+    edge_model = tmp_path / "edge_model.safetensors"
+    checkpoint.save(edge_model, {**tensors, "generator.impact_weight": torch.zeros_like(tensors["generator.impact_weight"]),
+                                 "generator.impact_bias": torch.tensor([-12.0, 0.0])},
+                    {k: v for k, v in metadata.items() if k not in ("format", "code_version")})
+    both, share_only, again = tmp_path / "both.safetensors", tmp_path / "share.safetensors", tmp_path / "again.safetensors"
+    common = ["--checkpoint", str(edge_model), "--data", str(data)]
+    assert main(["refit-share-map", *common, "--out", str(both), "--edge-total-map"]) == 0
+    assert main(["refit-share-map", *common, "--out", str(share_only)]) == 0
+    tensors, metadata = checkpoint.load(both)
+    assert metadata["model"]["edge_total_map"] is True and metadata["share_map_refit"]["edge_bins_fitted"] > 0
+    assert checkpoint.load(share_only)[1]["model"]["edge_total_map"] is False
+    fitted = (tensors["generator.edge_total_map.real_knots"] != tensors["generator.edge_total_map.generated_knots"]).any(1)
+    assert fitted.any() and not (fitted & ~torch.tensor(share_map.edge_bins(ZP)).repeat(2)).any()
+    assert main(["refit-share-map", "--checkpoint", str(both), "--data", str(data), "--out", str(again)]) == 0
+    for name in ("generated_knots", "real_knots"):
+        key = f"generator.edge_total_map.{name}"
+        assert torch.equal(checkpoint.load(again)[0][key], tensors[key])
+    x, _ = reference.sample_particles(400, np.random.default_rng(2))
+    x = x[geometry.reaches(x, "zp")]
+    got = Simulator.load(both).simulate(x, seed=1, extrapolate=True).channels  # every impact in the fitted bin
+    assert np.isfinite(got).all() and not np.allclose(got, Simulator.load(share_only).simulate(x, seed=1, extrapolate=True).channels)

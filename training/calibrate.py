@@ -278,25 +278,29 @@ SHARE_MAP_SAMPLES = 2  # generated samples per training particle
 
 @torch.no_grad()
 def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SHARE_MAP_SEED,
-                               samples: int = SHARE_MAP_SAMPLES) -> dict:
+                               samples: int = SHARE_MAP_SAMPLES, edge_total_map: bool | None = None) -> dict:
     """Fit a checkpoint's tower share map (zdc_sim/share_map.py) on every particle of `data`, its
     training set read from the file `source`: the real repeats' tower splits against `samples` generated mean
     responses per particle of the model without a map (a map already there is refitted from
-    scratch). Writes the checkpoint, its config with `tower_share_map` on, to `out` (in place when
+    scratch). With `edge_total_map` (None: as the checkpoint has it) the edge total map is fitted
+    first on the same responses, and the share map on their mapped totals, the order the model
+    applies them in. Writes the checkpoint, its config with the maps on, to `out` (in place when
     None), atomically; returns the record also stored in the metadata as `share_map_refit`."""
     from dataclasses import replace
 
     from zdc_sim import checkpoint
-    from zdc_sim.share_map import IDENTITY_KNOTS, fit_knots
+    from zdc_sim.share_map import fit_edge_knots, fit_knots
 
     tensors, metadata = checkpoint.load(path)
     config = ModelConfig.from_dict(metadata["model"])
-    weights = {k: v for k, v in checkpoint.unprefixed("generator", tensors).items() if not k.startswith("share_map.")}
-    plain = Generator(replace(config, tower_share_map=False))
+    edge = config.edge_total_map if edge_total_map is None else edge_total_map
+    maps = ("share_map.", "edge_total_map.")
+    weights = {k: v for k, v in checkpoint.unprefixed("generator", tensors).items() if not k.startswith(maps)}
+    plain = Generator(replace(config, tower_share_map=False, edge_total_map=False))
     plain.load_state_dict(with_post_processing_defaults(weights))
-    mapped = Generator(replace(config, tower_share_map=True))
+    mapped = Generator(replace(config, tower_share_map=True, edge_total_map=edge))
     missing, unexpected = mapped.load_state_dict(with_post_processing_defaults(weights), strict=False)
-    if unexpected or any(not key.startswith("share_map.") for key in missing):
+    if unexpected or any(not key.startswith(maps) for key in missing):
         raise ConfigError(f"checkpoint '{path}' does not match its own config (missing {missing}, unexpected {unexpected})")
     _, (feats, real) = metrics.group_repeats(data.particle_id, data.features, data.channels)
     feats = feats[:, 0]
@@ -304,21 +308,42 @@ def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SH
     x = torch.tensor(standardizer.transform(geometry.to_a_side(feats)), dtype=torch.float32)
     rows = x.repeat_interleave(samples, 0)
     g = torch.Generator().manual_seed(seed)
-    towers = []
+    channels = []
     for start in range(0, len(rows), CHUNK_ROWS // 16):
         batch = rows[start : start + CHUNK_ROWS // 16]
         z = torch.randn(len(batch), config.latent_dim, generator=g)
-        towers.append(geometry.channel_sums(plain.mean_counts(z, batch))[:, :4])
-    knots = fit_knots(config.geometry, plain.impact_point(x).numpy(), feats[:, feature_rules.INDEX["energy"]],
-                      plain.conditioner.electromagnetic(x).numpy(), real[..., :4],
-                      torch.cat(towers).double().numpy().reshape(len(feats), samples, 4))
+        channels.append(geometry.channel_sums(plain.mean_counts(z, batch)))
+    channels = torch.cat(channels).double().numpy().reshape(len(feats), samples, 5)
+    impact, energy = plain.impact_point(x).numpy(), feats[:, feature_rules.INDEX["energy"]]
+    em = plain.conditioner.electromagnetic(x).numpy()
+    towers = channels[..., :4]
+    record = {"particles": int(len(feats)), "samples": samples, "seed": seed, "data": str(source),
+              "data_fingerprint": checkpoint.file_fingerprint(source)}
+    if edge:
+        edge_knots = fit_edge_knots(config.geometry, impact[:, 0], energy, em, real.sum(-1), channels.sum(-1))
+        for name, value in edge_knots.items():
+            getattr(mapped.edge_total_map, name).copy_(torch.as_tensor(value))
+        with torch.no_grad():  # the share map is fitted on what it will see: the totals as mapped
+            factors = mapped.edge_total_map.factors(
+                torch.as_tensor(channels.sum(-1).ravel(), dtype=torch.float32),
+                torch.as_tensor(np.repeat(impact[:, 0], samples), dtype=torch.float32),
+                torch.as_tensor(np.repeat(energy, samples), dtype=torch.float32),
+                torch.as_tensor(np.repeat(em, samples)))
+        towers = towers * factors.double().numpy().reshape(len(feats), samples, 1)
+        record["edge_bins_fitted"] = _bins_fitted(edge_knots)
+    knots = fit_knots(config.geometry, impact, energy, em, real[..., :4], towers)
     for name, value in knots.items():
         getattr(mapped.share_map, name).copy_(torch.as_tensor(value))
-    identity = np.linspace(*IDENTITY_KNOTS, knots["real_knots"].shape[-1])
-    record = {"particles": int(len(feats)), "samples": samples, "seed": seed, "data": str(source),
-              "data_fingerprint": checkpoint.file_fingerprint(source),
-              "bins_fitted": int((knots["real_knots"] != identity).any(-1).sum())}
+    record["bins_fitted"] = _bins_fitted(knots)
     metadata = {k: v for k, v in metadata.items() if k not in ("format", "code_version")}
     metadata.update(model=mapped.config.to_dict(), share_map_refit=record)
     checkpoint.save(out or path, checkpoint.prefixed("generator", mapped.state_dict()), metadata)
     return record
+
+
+def _bins_fitted(knots: dict) -> int:
+    """Rows of a map whose real knots differ from the identity's (equal knots)."""
+    from zdc_sim.share_map import IDENTITY_KNOTS
+
+    identity = np.linspace(*IDENTITY_KNOTS, knots["real_knots"].shape[-1])
+    return int((knots["real_knots"] != identity).any(-1).sum())

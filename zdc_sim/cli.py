@@ -176,9 +176,10 @@ def _refit_share_map(args) -> None:
     path = default_model_path(args.checkpoint) if shipped else args.checkpoint
     detector = checkpoint.load(path)[1]["model"]["detector"]
     data = load(args.data, images=False, detector=detector)
-    record = refit_checkpoint_share_map(path, data, args.data, out=args.out)
+    record = refit_checkpoint_share_map(path, data, args.data, out=args.out, edge_total_map=args.edge_total_map or None)
+    edge = f", edge total map {record['edge_bins_fitted']} bins of class x position" if "edge_bins_fitted" in record else ""
     print(f"tower share map fitted on {record['particles']} particles x {record['samples']} samples of {args.data} "
-          f"({record['bins_fitted']} bins of class x split x position x fraction); wrote {args.out or path}")
+          f"({record['bins_fitted']} bins of class x split x position x fraction{edge}); wrote {args.out or path}")
 
 
 def _bench_regularizers(args) -> None:
@@ -364,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or zn / zp for a shipped model")
     rs.add_argument("--data", required=True, help="the ROOT file it was trained on")
     rs.add_argument("--out", help="where to write the checkpoint with the map (default: in place)")
+    rs.add_argument("--edge-total-map", action="store_true", help="also fit the edge total map (the ZP's: showers "
+                    "cut by the face's x edges); without it, a checkpoint that has one keeps it")
     rs.set_defaults(run=_refit_share_map)
 
     ex = commands.add_parser("export", help="simulate the particles of ROOT files into ROOT files of responses",

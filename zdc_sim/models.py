@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .features import INDEX, N_FEATURES, Standardizer
 from . import geometry
 from .geometry import N_CHANNELS, channel_sums
-from .share_map import TowerShareMap
+from .share_map import EdgeTotalMap, TowerShareMap
 
 N_DERIVED = 6
 CONDITION_DIM = N_FEATURES + N_DERIVED
@@ -71,6 +71,10 @@ class ModelConfig:
                   strips) is mapped quantile to quantile onto real showers' splits, by class, impact
                   coordinate and deposited fraction (zdc_sim/share_map.py): a post-processing step
                   fitted after training (`zdc-sim refit-share-map`), the identity until it is fitted.
+    edge_total_map (with impact_frame) before it, each sample's deposited fraction is mapped the same
+                  way for impacts within 5 cm of the face's x edges or beyond, by class and impact x
+                  (zdc_sim/share_map.py, EdgeTotalMap): the ZP's, whose showers the beam-side edge cuts;
+                  fitted by `zdc-sim refit-share-map --edge-total-map`.
     """
 
     detector: str = "zn"
@@ -87,6 +91,7 @@ class ModelConfig:
     bounded_total: bool = False
     shape_zoom: bool = False
     tower_share_map: bool = False
+    edge_total_map: bool = False
 
     def __post_init__(self):
         geometry.detector(self.detector)  # ConfigError for an unknown one
@@ -98,6 +103,8 @@ class ModelConfig:
             raise ConfigError("shape_zoom needs impact_frame (the shape is stretched about the impact point)")
         if self.tower_share_map and not self.impact_frame:
             raise ConfigError("tower_share_map needs impact_frame (the split is mapped by the impact head's coordinate)")
+        if self.edge_total_map and not self.impact_frame:
+            raise ConfigError("edge_total_map needs impact_frame (the total is mapped by the impact head's x)")
         if self.upsample not in ("nearest", "transposed"):
             raise ConfigError(f"upsample must be 'nearest' or 'transposed'; found {self.upsample!r}")
         if self.envelope not in ("gaussian", "fitted"):
@@ -315,6 +322,8 @@ class Generator(nn.Module):
         # is): fitted after training (training/calibrate.py), since adversarial training leaves the
         # shapes of one particle more varied than real showers (far towers' spread 1.25x).
         self.register_buffer("shape_temperature", torch.ones(()))
+        if config.edge_total_map:
+            self.edge_total_map = EdgeTotalMap(det)
         if config.tower_share_map:
             self.share_map = TowerShareMap(det)
 
@@ -377,10 +386,13 @@ class Generator(nn.Module):
             share, width = self._halo_parameters(inputs)
             on_face = (1 - share)[:, :, None] * on_face + share[:, :, None] * self._halo_on_face(impact, width)
         mean = torch.exp(log_total)[:, :, None] * on_face
-        if config.tower_share_map:
+        if config.edge_total_map or config.tower_share_map:
             standardized = condition[:, :N_FEATURES]
-            mean = self.share_map(mean, impact, self.conditioner.energy_gev(standardized),
-                                  self.conditioner.electromagnetic(standardized))
+            energy, em = self.conditioner.energy_gev(standardized), self.conditioner.electromagnetic(standardized)
+            if config.edge_total_map:
+                mean = self.edge_total_map(mean, impact, energy, em)
+            if config.tower_share_map:
+                mean = self.share_map(mean, impact, energy, em)
         return mean
 
     def _zoom(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,13 @@ third, so the share stays tied to the total as in real showers). Whole tower reg
 proportional fitting; exact in one pass for the strips' nested splits): the towers' total, the
 shower's shape inside each region and the photon statistics drawn afterwards are untouched.
 
+Beside it, for a calorimeter whose showers are cut by the face's edge along x (the ZP: a quarter
+of its particles hit within 2 cm of the beam-side edge or beyond it), the edge total map does the
+same to each sample's deposited fraction (all counts per GeV) for impacts near an x edge: its
+distribution there, where containment changes by a factor of two per centimetre, is what the
+generator gets wrong (docs/fidelity.md, "The ZP's edge"); inside, where it is right to the
+sampling noise, a map would only add the noise of its own fit, so it is the identity there.
+
 Monotone and fitted on training particles only (training/calibrate.py, `zdc-sim refit-share-map`);
 it copies no formula of any Monte Carlo. Every operation exports to ONNX (no sort, no search).
 """
@@ -42,6 +49,10 @@ MAX_FACTOR = 1e3  # the most a region is scaled by, either way
 IPF_STEPS = 10  # proportional-fitting passes; the ZN's 2 x 2 split converges to <1e-4 in a few
 LOGIT_CLIP = 1e-4
 IDENTITY_KNOTS = (-12.0, 12.0)  # an unfitted bin: equal knots over a span wider than any clipped log odds
+
+
+EDGE_STEP_CM = 0.5  # bins of the impact x for the edge total map
+EDGE_ZONE_CM = 5.0  # the edge total map covers impacts this far inside the face's x edges, and beyond
 
 
 class Split(NamedTuple):
@@ -196,6 +207,77 @@ class TowerShareMap(nn.Module):
         factors = factors * (total / (towers * factors).sum(1).clamp_min(1e-9))[:, None]
         factors = torch.where((towers.sum(1) >= MIN_TOWER_COUNTS)[:, None], factors, torch.ones_like(factors))
         return (flat * (factors @ self.regions)).view_as(mean)
+
+def edge_centres(detector: geometry.Detector) -> tuple[np.ndarray, float]:
+    """(bin centres along x, covering every impact that reaches the detector; the face's half-width)."""
+    half = float(np.abs(detector.pixel_x_cm).max() + detector.pitch_cm / 2)
+    reach = float(math.ceil(half + detector.reach_margin_cm))
+    return np.arange(-reach + EDGE_STEP_CM / 2, reach, EDGE_STEP_CM), half
+
+
+def edge_bins(detector: geometry.Detector) -> np.ndarray:
+    """(bins,) bool: the bins the edge total map may fit, within EDGE_ZONE_CM of an x edge or beyond."""
+    centres, half = edge_centres(detector)
+    return np.abs(centres) > half - EDGE_ZONE_CM
+
+
+class EdgeTotalMap(nn.Module):
+    """Buffers: per (class: hadronic, EM; x bin), one row each, the generated and real quantiles of
+    the log deposited fraction (all counts / energy in GeV). Unfitted, and in the face's interior,
+    the identity (equal knots)."""
+
+    def __init__(self, detector: geometry.Detector):
+        super().__init__()
+        self.centres, _ = edge_centres(detector)
+        identity = torch.linspace(*IDENTITY_KNOTS, len(LEVELS)).expand(2 * len(self.centres), -1).clone()
+        self.register_buffer("generated_knots", identity.clone())
+        self.register_buffer("real_knots", identity.clone())
+
+    def factors(self, total: torch.Tensor, impact_x: torch.Tensor, energy: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
+        """(N,) what each sample's counts are scaled by; 1 for a sample under MIN_TOWER_COUNTS."""
+        log_fraction = torch.log(total.clamp_min(1.0) / energy.clamp_min(1e-3))
+        n = len(self.centres)
+        index, weight = _bin_weights(impact_x, float(self.centres[0]), EDGE_STEP_CM, n)
+        mapped = torch.zeros_like(log_fraction)
+        for i, w in zip(index, weight):
+            row = em.long() * n + i
+            mapped = mapped + w * interpolate(log_fraction, self.generated_knots[row], self.real_knots[row])
+        factor = torch.exp(mapped - log_fraction).clamp(1.0 / MAX_FACTOR, MAX_FACTOR)
+        return torch.where(total >= MIN_TOWER_COUNTS, factor, torch.ones_like(factor))
+
+    def forward(self, mean: torch.Tensor, impact: torch.Tensor, energy: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
+        """Mean counts (N, ...) each scaled as a whole to its mapped total; in fp32, as the share map."""
+        with torch.autocast(device_type=mean.device.type, enabled=False):
+            flat = mean.float().flatten(1)
+            factor = self.factors(flat.sum(1), impact[:, 0].float(), energy.float(), em)
+            return (flat * factor[:, None]).view_as(mean).to(mean.dtype)
+
+
+def fit_edge_knots(detector: geometry.Detector, impact_x: np.ndarray, energy: np.ndarray, em: np.ndarray,
+                   real_totals: np.ndarray, generated_totals: np.ndarray) -> dict[str, np.ndarray]:
+    """The edge total map's knots from training particles: impact_x (P,) cm, energy (P,) GeV, em (P,)
+    bool, real_totals (P, R) all counts of R real repeats, generated_totals (P, G) of G generated
+    mean responses. Bins outside the edge zone, or with under MIN_SAMPLES showers of
+    MIN_TOWER_COUNTS counts or more, stay the identity."""
+    centres, _ = edge_centres(detector)
+    zone = edge_bins(detector)
+    generated = np.tile(np.linspace(*IDENTITY_KNOTS, len(LEVELS)), (2, len(centres), 1))
+    real = generated.copy()
+    values = {}
+    for name, totals in (("real", real_totals), ("generated", generated_totals)):
+        k = totals.shape[1]
+        flat = totals.reshape(-1)
+        bins = np.clip(np.round((np.repeat(impact_x, k) - centres[0]) / EDGE_STEP_CM).astype(int), 0, len(centres) - 1)
+        log_fraction = np.log(np.maximum(flat, 1.0) / np.maximum(np.repeat(energy, k), 1e-3))
+        values[name] = (bins, np.repeat(em, k), log_fraction, flat >= MIN_TOWER_COUNTS)
+    for cls in (0, 1):
+        for b in np.flatnonzero(zone):
+            picked = {name: lf[keep & (e == bool(cls)) & (bins == b)] for name, (bins, e, lf, keep) in values.items()}
+            if min(len(v) for v in picked.values()) >= MIN_SAMPLES:
+                generated[cls, b] = np.quantile(picked["generated"], LEVELS)
+                real[cls, b] = np.quantile(picked["real"], LEVELS)
+    return {"generated_knots": generated.reshape(-1, len(LEVELS)), "real_knots": real.reshape(-1, len(LEVELS))}
+
 
 def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarray, em: np.ndarray,
               real_towers: np.ndarray, generated_towers: np.ndarray) -> dict[str, np.ndarray]:
