@@ -323,12 +323,12 @@ def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SH
         edge_knots = fit_edge_knots(config.geometry, impact[:, 0], energy, em, real.sum(-1), channels.sum(-1))
         for name, value in edge_knots.items():
             getattr(mapped.edge_total_map, name).copy_(torch.as_tensor(value))
-        with torch.no_grad():  # the share map is fitted on what it will see: the totals as mapped
-            factors = mapped.edge_total_map.factors(
-                torch.as_tensor(channels.sum(-1).ravel(), dtype=torch.float32),
-                torch.as_tensor(np.repeat(impact[:, 0], samples), dtype=torch.float32),
-                torch.as_tensor(np.repeat(energy, samples), dtype=torch.float32),
-                torch.as_tensor(np.repeat(em, samples)))
+        # the share map is fitted on what it will see: the totals as mapped
+        factors = mapped.edge_total_map.factors(
+            torch.as_tensor(channels.sum(-1).ravel(), dtype=torch.float32),
+            torch.as_tensor(np.repeat(impact[:, 0], samples), dtype=torch.float32),
+            torch.as_tensor(np.repeat(energy, samples), dtype=torch.float32),
+            torch.as_tensor(np.repeat(em, samples)))
         towers = towers * factors.double().numpy().reshape(len(feats), samples, 1)
         record["edge_bins_fitted"] = _bins_fitted(edge_knots)
     knots = fit_knots(config.geometry, impact, energy, em, real[..., :4], towers)

@@ -208,6 +208,7 @@ class TowerShareMap(nn.Module):
         factors = torch.where((towers.sum(1) >= MIN_TOWER_COUNTS)[:, None], factors, torch.ones_like(factors))
         return (flat * (factors @ self.regions)).view_as(mean)
 
+
 def edge_centres(detector: geometry.Detector) -> tuple[np.ndarray, float]:
     """(bin centres along x, covering every impact that reaches the detector; the face's half-width)."""
     half = float(np.abs(detector.pixel_x_cm).max() + detector.pitch_cm / 2)
