@@ -92,6 +92,13 @@ def logit(share):
     return np.log(share / (1 - share))
 
 
+def log_fraction(total, energy):
+    """Log deposited fraction: counts per GeV, the counts floored at 1 and the energy at 1 MeV (numpy or torch)."""
+    if isinstance(total, torch.Tensor):
+        return torch.log(total.clamp_min(1.0) / energy.clamp_min(1e-3))
+    return np.log(np.maximum(total, 1.0) / np.maximum(energy, 1e-3))
+
+
 def shares(towers, splits):
     """(..., 4) tower counts -> ([each split's share (...)], towers' total (...)), numpy or torch."""
     torch_in = isinstance(towers, torch.Tensor)
@@ -148,15 +155,15 @@ class TowerShareMap(nn.Module):
             sides[i, 1, list(split.low)] = 1.0
         self.register_buffer("sides", sides, persistent=False)
 
-    def fraction_rank(self, log_fraction: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
+    def fraction_rank(self, fraction: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
         """(N,) rank in [0, 1] of each sample's log deposited fraction among real showers of its class."""
         knots = self.log_fraction_knots[em.long()]
-        return interpolate(log_fraction, knots, self.rank_levels.expand_as(knots)).clamp(0.0, 1.0)
+        return interpolate(fraction, knots, self.rank_levels.expand_as(knots)).clamp(0.0, 1.0)
 
     def target_shares(self, towers: torch.Tensor, impact: torch.Tensor, energy: torch.Tensor, em: torch.Tensor):
         """(N, splits) the mapped shares of towers (N, 4)."""
         values, total = shares(towers, self.splits)
-        rank = self.fraction_rank(torch.log(total.clamp_min(1.0) / energy.clamp_min(1e-3)), em)
+        rank = self.fraction_rank(log_fraction(total, energy), em)
         n_pos = len(self.centres)
         f_index, f_weight = _bin_weights(rank, 0.5 / FRACTION_BINS, 1.0 / FRACTION_BINS, FRACTION_BINS)
         out = []
@@ -236,14 +243,14 @@ class EdgeTotalMap(nn.Module):
 
     def factors(self, total: torch.Tensor, impact_x: torch.Tensor, energy: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
         """(N,) what each sample's counts are scaled by; 1 for a sample under MIN_TOWER_COUNTS."""
-        log_fraction = torch.log(total.clamp_min(1.0) / energy.clamp_min(1e-3))
+        fraction = log_fraction(total, energy)
         n = len(self.centres)
         index, weight = _bin_weights(impact_x, float(self.centres[0]), EDGE_STEP_CM, n)
-        mapped = torch.zeros_like(log_fraction)
+        mapped = torch.zeros_like(fraction)
         for i, w in zip(index, weight):
             row = em.long() * n + i
-            mapped = mapped + w * interpolate(log_fraction, self.generated_knots[row], self.real_knots[row])
-        factor = torch.exp(mapped - log_fraction).clamp(1.0 / MAX_FACTOR, MAX_FACTOR)
+            mapped = mapped + w * interpolate(fraction, self.generated_knots[row], self.real_knots[row])
+        factor = torch.exp(mapped - fraction).clamp(1.0 / MAX_FACTOR, MAX_FACTOR)
         return torch.where(total >= MIN_TOWER_COUNTS, factor, torch.ones_like(factor))
 
     def forward(self, mean: torch.Tensor, impact: torch.Tensor, energy: torch.Tensor, em: torch.Tensor) -> torch.Tensor:
@@ -269,8 +276,7 @@ def fit_edge_knots(detector: geometry.Detector, impact_x: np.ndarray, energy: np
         k = totals.shape[1]
         flat = totals.reshape(-1)
         bins = np.clip(np.round((np.repeat(impact_x, k) - centres[0]) / EDGE_STEP_CM).astype(int), 0, len(centres) - 1)
-        log_fraction = np.log(np.maximum(flat, 1.0) / np.maximum(np.repeat(energy, k), 1e-3))
-        values[name] = (bins, np.repeat(em, k), log_fraction, flat >= MIN_TOWER_COUNTS)
+        values[name] = (bins, np.repeat(em, k), log_fraction(flat, np.repeat(energy, k)), flat >= MIN_TOWER_COUNTS)
     for cls in (0, 1):
         for b in np.flatnonzero(zone):
             picked = {name: lf[keep & (e == bool(cls)) & (bins == b)] for name, (bins, e, lf, keep) in values.items()}
@@ -297,7 +303,7 @@ def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarra
         values, total = shares(flat, splits)
         groups = [flat[:, list(split.high + split.low)].sum(1) >= MIN_TOWER_COUNTS for split in splits]
         rows[name] = dict(impact=np.repeat(impact, k, 0), em=np.repeat(em, k), shares=values,
-                          log_fraction=np.log(np.maximum(total, 1.0) / np.maximum(np.repeat(energy, k), 1e-3)),
+                          log_fraction=log_fraction(total, np.repeat(energy, k)),
                           keep=total >= MIN_TOWER_COUNTS, groups=groups)
     for cls in (0, 1):
         r = rows["real"]
