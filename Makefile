@@ -60,7 +60,7 @@ bench-regularizers: $(STAMP)
 # map is fitted on the same particles (`refit-share-map`, zdc_sim/share_map.py), with the ZP's edge
 # total map before it.
 # Both shipped models: the default recipe, one thread. The ZN's: the bounded total alone, seed 2 (the
-# regularizer comparison's sdi-2, the best of three ZN networks with the map on two 30,000-particle
+# regularizer comparison's sdi-2, the best of three SDI networks with the map on two 30,000-particle
 # sets and confirmed on a third, docs/fidelity.md); the ZP's: with the learned width per sample
 # (shape_zoom), seed 1.
 SHIP_SEED ?= 1
@@ -125,8 +125,9 @@ runs/compare/%/evaluation.json: runs/compare/%/refit.safetensors runs/compare/sd
 # The same runs with the shipped post-processing's last step, the tower share map
 # (zdc_sim/share_map.py), fitted on the same training particles (`refit-share-map`, 4 minutes on 2
 # CPU cores) and scored on the same 30,000 particles, paired (all mapped): the plain cGAN seed N with
-# SDI seed N, SDI seed 2 (the shipped ZN network) with the plain cGAN seed 2, every other run with
-# SDI seed 2. Records
+# SDI seed N, SDI seed 2 (the shipped ZN network, when trained with COMPARE_THREADS=1) with the
+# plain cGAN seed 2, every other run with SDI seed 2, which is therefore trained first if missing.
+# Records
 # runs/compare/<run>/mapped.safetensors and evaluation_mapped.json.
 compare-regularizers-mapped: $(foreach run,$(COMPARE_RUNS),runs/compare/$(run)/evaluation_mapped.json)
 	$(BIN)/python bench/regularizer_table.py --mapped $(addprefix runs/compare/,$(COMPARE_RUNS))
