@@ -343,7 +343,6 @@ def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SH
 
 def _bins_fitted(knots: dict) -> int:
     """Rows of a map whose real knots differ from the identity's (equal knots)."""
-    from zdc_sim.share_map import IDENTITY_KNOTS
+    from zdc_sim.share_map import IDENTITY_ROW
 
-    identity = np.linspace(*IDENTITY_KNOTS, knots["real_knots"].shape[-1])
-    return int((knots["real_knots"] != identity).any(-1).sum())
+    return int((knots["real_knots"] != IDENTITY_ROW).any(-1).sum())

@@ -49,6 +49,7 @@ MAX_FACTOR = 1e3  # the most a region is scaled by, either way
 IPF_STEPS = 10  # proportional-fitting passes; the ZN's 2 x 2 split converges to <1e-4 in a few
 LOGIT_CLIP = 1e-4
 IDENTITY_KNOTS = (-12.0, 12.0)  # an unfitted bin: equal knots over a span wider than any clipped log odds
+IDENTITY_ROW = np.linspace(*IDENTITY_KNOTS, len(LEVELS))  # the knots of an unfitted bin, as the fits write them
 
 
 EDGE_STEP_CM = 0.5  # bins of the impact x for the edge total map
@@ -118,6 +119,11 @@ def interpolate(u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     x0, x1, y0, y1 = x.gather(1, k - 1)[:, 0], x.gather(1, k)[:, 0], y.gather(1, k - 1)[:, 0], y.gather(1, k)[:, 0]
     inside = y0 + (u - x0) * (y1 - y0) / (x1 - x0).clamp_min(1e-6)
     return torch.where(u < x[:, 0], u - x[:, 0] + y[:, 0], torch.where(u > x[:, last], u - x[:, last] + y[:, last], inside))
+
+
+def _nearest_bin(coordinate: np.ndarray, first: float, step: float, count: int) -> np.ndarray:
+    """Index of the nearest of the bin centres first + i * step (the fits' binning; numpy)."""
+    return np.clip(np.round((coordinate - first) / step).astype(int), 0, count - 1)
 
 
 def _bin_weights(coordinate: torch.Tensor, first: float, step: float, count: int):
@@ -269,13 +275,13 @@ def fit_edge_knots(detector: geometry.Detector, impact_x: np.ndarray, energy: np
     MIN_TOWER_COUNTS counts or more, stay the identity."""
     centres, _ = edge_centres(detector)
     zone = edge_bins(detector)
-    generated = np.tile(np.linspace(*IDENTITY_KNOTS, len(LEVELS)), (2, len(centres), 1))
+    generated = np.tile(IDENTITY_ROW, (2, len(centres), 1))
     real = generated.copy()
     values = {}
     for name, totals in (("real", real_totals), ("generated", generated_totals)):
         k = totals.shape[1]
         flat = totals.reshape(-1)
-        bins = np.clip(np.round((np.repeat(impact_x, k) - centres[0]) / EDGE_STEP_CM).astype(int), 0, len(centres) - 1)
+        bins = _nearest_bin(np.repeat(impact_x, k), centres[0], EDGE_STEP_CM, len(centres))
         values[name] = (bins, np.repeat(em, k), log_fraction(flat, np.repeat(energy, k)), flat >= MIN_TOWER_COUNTS)
     for cls in (0, 1):
         for b in np.flatnonzero(zone):
@@ -293,7 +299,7 @@ def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarra
     generated samples. Returns the three buffers' values (see TowerShareMap)."""
     splits, centres = SPLITS[detector.towers], position_centres(detector)
     n_pos = len(centres)
-    generated = np.tile(np.linspace(*IDENTITY_KNOTS, len(LEVELS)), (2, len(splits), n_pos, FRACTION_BINS, 1))
+    generated = np.tile(IDENTITY_ROW, (2, len(splits), n_pos, FRACTION_BINS, 1))
     real = generated.copy()
     fraction_knots = np.tile(np.linspace(-20.0, 5.0, len(RANK_LEVELS)), (2, 1))
     rows = {}
@@ -315,7 +321,7 @@ def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarra
             rank = np.interp(d["log_fraction"], fraction_knots[cls], RANK_LEVELS)
             d["f_bin"] = np.minimum((rank * FRACTION_BINS).astype(int), FRACTION_BINS - 1)
         for s, split in enumerate(splits):
-            bins = {name: np.clip(np.round((d["impact"][:, split.axis] - centres[0]) / POSITION_STEP_CM).astype(int), 0, n_pos - 1)
+            bins = {name: _nearest_bin(d["impact"][:, split.axis], centres[0], POSITION_STEP_CM, n_pos)
                     for name, d in rows.items()}
             for p in range(n_pos):
                 for f in range(FRACTION_BINS):
