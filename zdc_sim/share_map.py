@@ -147,7 +147,7 @@ class TowerShareMap(nn.Module):
         rows = 2 * len(self.splits) * len(self.centres) * FRACTION_BINS
         # flat rows: a 5-d buffer would not survive .to(memory_format=torch.channels_last), which
         # the CPU engine applies to the whole model
-        identity = torch.linspace(*IDENTITY_KNOTS, len(LEVELS)).expand(rows, -1).clone()
+        identity = torch.tensor(IDENTITY_ROW, dtype=torch.float32).expand(rows, -1).clone()
         self.register_buffer("generated_knots", identity.clone())
         self.register_buffer("real_knots", identity.clone())
         self.register_buffer("log_fraction_knots", torch.linspace(-20.0, 5.0, len(RANK_LEVELS)).expand(2, -1).clone())
@@ -243,7 +243,7 @@ class EdgeTotalMap(nn.Module):
     def __init__(self, detector: geometry.Detector):
         super().__init__()
         self.centres, _ = edge_centres(detector)
-        identity = torch.linspace(*IDENTITY_KNOTS, len(LEVELS)).expand(2 * len(self.centres), -1).clone()
+        identity = torch.tensor(IDENTITY_ROW, dtype=torch.float32).expand(2 * len(self.centres), -1).clone()
         self.register_buffer("generated_knots", identity.clone())
         self.register_buffer("real_knots", identity.clone())
 
