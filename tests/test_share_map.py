@@ -71,41 +71,6 @@ def test_a_too_narrow_split_is_widened_to_the_real_spread_and_the_rest_stays_ide
         np.testing.assert_allclose(same.numpy(), torch.stack(share_map.shares(towers, module.splits)[0], 1).numpy(), atol=1e-4)
 
 
-def test_energy_bins_correct_each_energy_where_one_map_corrects_only_the_mix():
-    """Energies log-uniform over 100-3,000 GeV whose generated top shares err with energy (log odds
-    off the real 0.3 by -0.4 at the lowest to +0.4 at the highest), deposited fractions alike: one
-    map for all leaves the lowest and highest thirds off by over 0.15 in mean log odds; with three
-    energy bins, interpolated between their centres, by under 0.07."""
-    rng = np.random.default_rng(11)
-    n = 18000
-
-    def showers(error, rank):
-        energy = 100.0 * 30.0 ** rank
-        top = 1 / (1 + np.exp(-(0.3 + error * (rank - 0.5) + 0.6 * rng.standard_normal(n))))
-        total = energy * rng.uniform(1.0, 3.0, n)
-        towers = np.stack([0.5 * top, 0.5 * top, 0.5 * (1 - top), 0.5 * (1 - top)], 1) * total[:, None]
-        impact = np.stack([rng.uniform(-0.5, 0.5, n), np.full(n, -0.3)], 1)
-        return impact, energy, towers, rank
-
-    rank, test_rank = rng.uniform(0.0, 1.0, n), rng.uniform(0.0, 1.0, n)  # of the particles' energies
-    impact, energy, real, _ = showers(0.0, rank)
-    *_, generated, _ = showers(0.8, rank)  # the same particles, generated
-    test_impact, test_energy, test_towers, _ = showers(0.8, test_rank)
-    em = np.zeros(n, bool)
-    errors = {}
-    for bins in (1, 3):
-        knots = share_map.fit_knots(ZN, impact, energy, em, real[:, None], generated[:, None], energy_bins=bins)
-        assert ("log_energy_knots" in knots) == (bins > 1)
-        module = share_map.TowerShareMap(ZN, energy_bins=bins)
-        for name, value in knots.items():
-            getattr(module, name).copy_(torch.as_tensor(value))
-        mapped = module.target_shares(torch.tensor(test_towers, dtype=torch.float32), torch.tensor(test_impact, dtype=torch.float32),
-                                      torch.tensor(test_energy, dtype=torch.float32), torch.tensor(em))
-        top = torch.logit(mapped[:, 1]).numpy()
-        errors[bins] = [abs(top[pick].mean() - 0.3) for pick in (test_rank < 1 / 3, test_rank > 2 / 3)]
-    assert min(errors[1]) > 0.15 and max(errors[3]) < 0.07, errors
-
-
 def mapped_towers(module, detector, mean, impact, energy, em):
     """Run the map on mean images: (out, towers before, towers after, target shares, shares got)."""
     out = module(mean, impact, energy, em)
@@ -146,8 +111,8 @@ def test_the_image_carries_the_mapped_shares_with_its_total_and_in_quadrant_shap
 def test_refit_share_map_writes_a_mapped_checkpoint(tiny_checkpoint, tiny_file, tmp_path, monkeypatch, capsys):
     """On the tiny training file (bins of 5 showers allowed): a new checkpoint whose config has the
     map on, the record of what it was fitted on, fitted knots, and the source left as it was; it
-    loads and simulates, unlike the unmapped model; a refit of it gives the same knots, one with
-    --energy-bins 2 twice the rows. An installed shipped model is not rewritten in place."""
+    loads and simulates, unlike the unmapped model; a refit of it gives the same knots. An installed
+    shipped model is not rewritten in place."""
     from zdc_sim.cli import main
 
     monkeypatch.setattr(share_map, "MIN_SAMPLES", 5)
@@ -170,14 +135,6 @@ def test_refit_share_map_writes_a_mapped_checkpoint(tiny_checkpoint, tiny_file, 
     assert main(["refit-share-map", "--checkpoint", str(out), "--data", str(tiny_file), "--out", str(again)]) == 0
     for name in ("generated_knots", "real_knots", "log_fraction_knots"):
         assert torch.equal(checkpoint.load(again)[0][f"generator.share_map.{name}"], tensors[f"generator.share_map.{name}"])
-    by_energy = tmp_path / "by_energy.safetensors"  # conditioned on energy too: more rows, a rank of energy
-    assert main(["refit-share-map", "--checkpoint", str(out), "--data", str(tiny_file), "--out", str(by_energy),
-                 "--energy-bins", "2"]) == 0
-    tensors, metadata = checkpoint.load(by_energy)
-    assert metadata["model"]["share_map_energy_bins"] == 2 and metadata["share_map_refit"]["energy_bins"] == 2
-    assert len(tensors["generator.share_map.real_knots"]) == 2 * len(checkpoint.load(out)[0]["generator.share_map.real_knots"])
-    assert "generator.share_map.log_energy_knots" in tensors
-    assert np.isfinite(Simulator.load(by_energy).simulate(x, seed=1, extrapolate=True).counts).all()
 
 
 def test_the_zps_strips_get_their_nested_shares_exactly():
@@ -200,16 +157,15 @@ def test_the_zps_strips_get_their_nested_shares_exactly():
 
 
 def test_a_mapped_model_exports_its_responses(tmp_path):
-    """The map runs inside the exported graph (the ZN's with energy bins): with a map that widens
-    every hadronic split, ONNX Runtime gives the Simulator's responses, which differ from the
-    unmapped model's."""
+    """The map runs inside the exported graph: with a map that widens every hadronic split, ONNX
+    Runtime gives the Simulator's responses, which differ from the unmapped model's."""
     from tests.conftest import save_tiny_model
 
     x, _ = reference.sample_particles(600, np.random.default_rng(3))
     for detector in ("zn", "zp"):
         edge = detector == "zp"  # and the ZP's edge total map, which widens every edge bin's totals
         path = save_tiny_model(tmp_path / f"mapped_{detector}.safetensors", detector, tower_share_map=True,
-                               edge_total_map=edge, share_map_energy_bins=1 if edge else 2)  # the ZN's by energy
+                               edge_total_map=edge)
         mapped = Simulator.load(path, device="cpu")
         knots = mapped.generator.share_map.generated_knots
         with torch.no_grad():

@@ -278,14 +278,13 @@ SHARE_MAP_SAMPLES = 2  # generated samples per training particle
 
 @torch.no_grad()
 def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SHARE_MAP_SEED,
-                               samples: int = SHARE_MAP_SAMPLES, edge_total_map: bool | None = None,
-                               energy_bins: int | None = None) -> dict:
+                               samples: int = SHARE_MAP_SAMPLES, edge_total_map: bool | None = None) -> dict:
     """Fit a checkpoint's tower share map (zdc_sim/share_map.py) on every particle of `data`, its
     training set read from the file `source`: the real repeats' tower splits against `samples` generated mean
     responses per particle of the model without a map (a map already there is refitted from
     scratch). With `edge_total_map` (None: as the checkpoint has it) the edge total map is fitted
     first on the same responses, and the share map on their mapped totals, the order the model
-    applies them in. `energy_bins` (None: as the checkpoint has it) conditions the map on energy. Writes the checkpoint, its config with the maps on, to `out` (in place when
+    applies them in. Writes the checkpoint, its config with the maps on, to `out` (in place when
     None), atomically; returns the record also stored in the metadata as `share_map_refit`."""
     from dataclasses import replace
 
@@ -299,8 +298,7 @@ def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SH
     weights = {k: v for k, v in checkpoint.unprefixed("generator", tensors).items() if not k.startswith(maps)}
     plain = Generator(replace(config, tower_share_map=False, edge_total_map=False))
     plain.load_state_dict(with_post_processing_defaults(weights))
-    bins = config.share_map_energy_bins if energy_bins is None else energy_bins
-    mapped = Generator(replace(config, tower_share_map=True, edge_total_map=edge, share_map_energy_bins=bins))
+    mapped = Generator(replace(config, tower_share_map=True, edge_total_map=edge))
     missing, unexpected = mapped.load_state_dict(with_post_processing_defaults(weights), strict=False)
     if unexpected or any(not key.startswith(maps) for key in missing):
         raise ConfigError(f"checkpoint '{path}' does not match its own config (missing {missing}, unexpected {unexpected})")
@@ -333,10 +331,10 @@ def refit_checkpoint_share_map(path, data, source: str, out=None, seed: int = SH
             torch.as_tensor(np.repeat(em, samples)))
         towers = towers * factors.double().numpy().reshape(len(feats), samples, 1)
         record["edge_bins_fitted"] = _bins_fitted(edge_knots)
-    knots = fit_knots(config.geometry, impact, energy, em, real[..., :4], towers, energy_bins=bins)
+    knots = fit_knots(config.geometry, impact, energy, em, real[..., :4], towers)
     for name, value in knots.items():
         getattr(mapped.share_map, name).copy_(torch.as_tensor(value))
-    record.update(bins_fitted=_bins_fitted(knots), energy_bins=bins)
+    record["bins_fitted"] = _bins_fitted(knots)
     metadata = {k: v for k, v in metadata.items() if k not in ("format", "code_version")}
     metadata.update(model=mapped.config.to_dict(), share_map_refit=record)
     checkpoint.save(out or path, checkpoint.prefixed("generator", mapped.state_dict()), metadata)

@@ -176,12 +176,10 @@ def _refit_share_map(args) -> None:
     path = default_model_path(args.checkpoint) if shipped else args.checkpoint
     detector = checkpoint.load(path)[1]["model"]["detector"]
     data = load(args.data, images=False, detector=detector)
-    record = refit_checkpoint_share_map(path, data, args.data, out=args.out, edge_total_map=args.edge_total_map or None,
-                                        energy_bins=args.energy_bins)
+    record = refit_checkpoint_share_map(path, data, args.data, out=args.out, edge_total_map=args.edge_total_map or None)
     edge = f", edge total map {record['edge_bins_fitted']} bins of class x position" if "edge_bins_fitted" in record else ""
     print(f"tower share map fitted on {record['particles']} particles x {record['samples']} samples of {args.data} "
-          f"({record['bins_fitted']} bins of class x split x energy ({record['energy_bins']}) x position x fraction{edge}); "
-          f"wrote {args.out or path}")
+          f"({record['bins_fitted']} bins of class x split x position x fraction{edge}); wrote {args.out or path}")
 
 
 def _bench_regularizers(args) -> None:
@@ -369,8 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--out", help="where to write the checkpoint with the map (default: in place)")
     rs.add_argument("--edge-total-map", action="store_true", help="also fit the edge total map (the ZP's: showers "
                     "cut by the face's x edges); without it, a checkpoint that has one keeps it")
-    rs.add_argument("--energy-bins", type=int, help="condition the share map on the particle's energy too, in this "
-                    "many bins of its rank (1: not by energy; default: as the checkpoint has it)")
     rs.set_defaults(run=_refit_share_map)
 
     ex = commands.add_parser("export", help="simulate the particles of ROOT files into ROOT files of responses",

@@ -71,9 +71,6 @@ class ModelConfig:
                   strips) is mapped quantile to quantile onto real showers' splits, by class, impact
                   coordinate and deposited fraction (zdc_sim/share_map.py): a post-processing step
                   fitted after training (`zdc-sim refit-share-map`), the identity until it is fitted.
-    share_map_energy_bins the tower share map conditioned on the particle's energy as well, in this many
-                  bins of its rank among the class's training particles (1: not by energy; `zdc-sim
-                  refit-share-map --energy-bins`)
     edge_total_map (with impact_frame) before it, each sample's deposited fraction is mapped the same
                   way for impacts within 5 cm of the face's x edges or beyond, by class and impact x
                   (zdc_sim/share_map.py, EdgeTotalMap): the ZP's, whose showers the beam-side edge cuts;
@@ -95,7 +92,6 @@ class ModelConfig:
     shape_zoom: bool = False
     tower_share_map: bool = False
     edge_total_map: bool = False
-    share_map_energy_bins: int = 1
 
     def __post_init__(self):
         geometry.detector(self.detector)  # ConfigError for an unknown one
@@ -107,8 +103,6 @@ class ModelConfig:
             raise ConfigError("shape_zoom needs impact_frame (the shape is stretched about the impact point)")
         if self.tower_share_map and not self.impact_frame:
             raise ConfigError("tower_share_map needs impact_frame (the split is mapped by the impact head's coordinate)")
-        if self.share_map_energy_bins < 1:
-            raise ConfigError(f"share_map_energy_bins must be 1 or more; found {self.share_map_energy_bins}")
         if self.edge_total_map and not self.impact_frame:
             raise ConfigError("edge_total_map needs impact_frame (the total is mapped by the impact head's x)")
         if self.upsample not in ("nearest", "transposed"):
@@ -331,7 +325,7 @@ class Generator(nn.Module):
         if config.edge_total_map:
             self.edge_total_map = EdgeTotalMap(det)
         if config.tower_share_map:
-            self.share_map = TowerShareMap(det, config.share_map_energy_bins)
+            self.share_map = TowerShareMap(det)
 
     @torch.no_grad()
     def set_total_scale(self, mean_log_total: float) -> None:

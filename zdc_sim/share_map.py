@@ -11,10 +11,7 @@ strips 1-2 and strip 4's within strips 3-4. Each share of each generated sample 
 quantile to quantile, onto the distribution of real showers' shares, conditioned on the shower
 class, the impact head's coordinate across that boundary (bins of 0.2 cm) and the sample's
 deposited fraction (its towers' counts per GeV, ranked among real showers: low, middle or high
-third, so the share stays tied to the total as in real showers) and, optionally, the particle's
-energy (its rank among the class's training particles, in `energy_bins` bins): a map fitted on the
-mix of energies corrects each energy only on average, and the towers' means weigh each shower by
-its counts, so an energy whose share is off pulls them (docs/fidelity.md). Whole tower regions of the face
+third, so the share stays tied to the total as in real showers). Whole tower regions of the face
 (both fibre parities) are then scaled so the towers carry the mapped shares (iterative
 proportional fitting; exact in one pass for the strips' nested splits): the towers' total, the
 shower's shape inside each region and the photon statistics drawn afterwards are untouched.
@@ -138,39 +135,22 @@ def _bin_weights(coordinate: torch.Tensor, first: float, step: float, count: int
     return (lower, lower + 1), (1 - weight, weight)
 
 
-def _rank_bins(rank: torch.Tensor, bins: int):
-    """Interpolation between `bins` equal bins of a rank in [0, 1]; one bin: itself, weight 1."""
-    if bins == 1:
-        return (torch.zeros_like(rank, dtype=torch.long),), (torch.ones_like(rank),)
-    return _bin_weights(rank, 0.5 / bins, 1.0 / bins, bins)
-
-
-def _rank_bin(rank: np.ndarray, bins: int) -> np.ndarray:
-    """The fits' bin of a rank in [0, 1] (numpy)."""
-    return np.minimum((rank * bins).astype(int), bins - 1)
-
-
 class TowerShareMap(nn.Module):
-    """Buffers: per (class: hadronic, EM; split; energy bin; position bin; fraction bin), one row
-    each in that order, the generated and real quantiles of the share's log odds; per class the
-    real log deposited fractions' quantiles (for a sample's rank) and, with energy_bins > 1, the
-    training particles' log energies' quantiles (for a particle's rank). Unfitted it is the
-    identity (equal knots)."""
+    """Buffers: per (class: hadronic, EM; split; position bin; fraction bin), one row each in that
+    order, the generated and real quantiles of the share's log odds; per class the real log
+    deposited fractions' quantiles (for a sample's rank). Unfitted it is the identity (equal knots)."""
 
-    def __init__(self, detector: geometry.Detector, energy_bins: int = 1):
+    def __init__(self, detector: geometry.Detector):
         super().__init__()
         self.splits = SPLITS[detector.towers]
         self.centres = position_centres(detector)
-        self.energy_bins = energy_bins
-        rows = 2 * len(self.splits) * energy_bins * len(self.centres) * FRACTION_BINS
+        rows = 2 * len(self.splits) * len(self.centres) * FRACTION_BINS
         # flat rows: a 5-d buffer would not survive .to(memory_format=torch.channels_last), which
         # the CPU engine applies to the whole model
         identity = torch.tensor(IDENTITY_ROW, dtype=torch.float32).expand(rows, -1).clone()
         self.register_buffer("generated_knots", identity.clone())
         self.register_buffer("real_knots", identity.clone())
         self.register_buffer("log_fraction_knots", torch.linspace(-20.0, 5.0, len(RANK_LEVELS)).expand(2, -1).clone())
-        if energy_bins > 1:  # a buffer only then: maps without energy bins load as before
-            self.register_buffer("log_energy_knots", torch.linspace(-7.0, 10.0, len(RANK_LEVELS)).expand(2, -1).clone())
         self.register_buffer("tower_masks", torch.tensor(detector.masks_flat[:4], dtype=torch.float32), persistent=False)
         regions = np.stack([detector.tower_index.ravel() == t for t in range(4)])  # both parities: what is scaled
         self.register_buffer("regions", torch.tensor(regions, dtype=torch.float32), persistent=False)
@@ -186,31 +166,21 @@ class TowerShareMap(nn.Module):
         knots = self.log_fraction_knots[em.long()]
         return interpolate(fraction, knots, self.rank_levels.expand_as(knots)).clamp(0.0, 1.0)
 
-    def energy_bins_of(self, energy: torch.Tensor, em: torch.Tensor):
-        """Each particle's energy bins and weights (one bin of weight 1 without energy bins)."""
-        if self.energy_bins == 1:
-            return _rank_bins(energy, 1)
-        knots = self.log_energy_knots[em.long()]
-        rank = interpolate(torch.log(energy.clamp_min(1e-3)), knots, self.rank_levels.expand_as(knots)).clamp(0.0, 1.0)
-        return _rank_bins(rank, self.energy_bins)
-
     def target_shares(self, towers: torch.Tensor, impact: torch.Tensor, energy: torch.Tensor, em: torch.Tensor):
         """(N, splits) the mapped shares of towers (N, 4)."""
         values, total = shares(towers, self.splits)
         rank = self.fraction_rank(log_fraction(total, energy), em)
         n_pos = len(self.centres)
-        f_index, f_weight = _rank_bins(rank, FRACTION_BINS)
-        e_index, e_weight = self.energy_bins_of(energy, em)
+        f_index, f_weight = _bin_weights(rank, 0.5 / FRACTION_BINS, 1.0 / FRACTION_BINS, FRACTION_BINS)
         out = []
         for s, (split, share) in enumerate(zip(self.splits, values)):
             u = logit(share)
             p_index, p_weight = _bin_weights(impact[:, split.axis], float(self.centres[0]), POSITION_STEP_CM, n_pos)
             mapped = torch.zeros_like(u)
-            for ei, ew in zip(e_index, e_weight):
-                for pi, pw in zip(p_index, p_weight):
-                    for fi, fw in zip(f_index, f_weight):
-                        row = (((em.long() * len(self.splits) + s) * self.energy_bins + ei) * n_pos + pi) * FRACTION_BINS + fi
-                        mapped = mapped + ew * pw * fw * interpolate(u, self.generated_knots[row], self.real_knots[row])
+            for pi, pw in zip(p_index, p_weight):
+                for fi, fw in zip(f_index, f_weight):
+                    row = (em.long() * len(self.splits) + s) * n_pos * FRACTION_BINS + pi * FRACTION_BINS + fi
+                    mapped = mapped + pw * fw * interpolate(u, self.generated_knots[row], self.real_knots[row])
             out.append(torch.sigmoid(mapped))
         return torch.stack(out, 1)
 
@@ -323,16 +293,15 @@ def fit_edge_knots(detector: geometry.Detector, impact_x: np.ndarray, energy: np
 
 
 def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarray, em: np.ndarray,
-              real_towers: np.ndarray, generated_towers: np.ndarray, energy_bins: int = 1) -> dict[str, np.ndarray]:
+              real_towers: np.ndarray, generated_towers: np.ndarray) -> dict[str, np.ndarray]:
     """The map's knots from training particles: impact (P, 2), energy (P,) GeV, em (P,) bool,
     real_towers (P, R, 4) counts of R real repeats, generated_towers (P, G, 4) mean counts of G
-    generated samples. Returns the buffers' values (see TowerShareMap)."""
+    generated samples. Returns the three buffers' values (see TowerShareMap)."""
     splits, centres = SPLITS[detector.towers], position_centres(detector)
     n_pos = len(centres)
-    generated = np.tile(IDENTITY_ROW, (2, len(splits), energy_bins, n_pos, FRACTION_BINS, 1))
+    generated = np.tile(IDENTITY_ROW, (2, len(splits), n_pos, FRACTION_BINS, 1))
     real = generated.copy()
     fraction_knots = np.tile(np.linspace(-20.0, 5.0, len(RANK_LEVELS)), (2, 1))
-    energy_knots = np.tile(np.linspace(-7.0, 10.0, len(RANK_LEVELS)), (2, 1))
     rows = {}
     for name, towers in (("real", real_towers), ("generated", generated_towers)):
         k = towers.shape[1]
@@ -341,7 +310,6 @@ def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarra
         groups = [flat[:, list(split.high + split.low)].sum(1) >= MIN_TOWER_COUNTS for split in splits]
         rows[name] = dict(impact=np.repeat(impact, k, 0), em=np.repeat(em, k), shares=values,
                           log_fraction=log_fraction(total, np.repeat(energy, k)),
-                          log_energy=np.log(np.maximum(np.repeat(energy, k), 1e-3)),
                           keep=total >= MIN_TOWER_COUNTS, groups=groups)
     for cls in (0, 1):
         r = rows["real"]
@@ -349,24 +317,20 @@ def fit_knots(detector: geometry.Detector, impact: np.ndarray, energy: np.ndarra
         if pick.sum() < MIN_SAMPLES:
             continue
         fraction_knots[cls] = np.quantile(r["log_fraction"][pick], RANK_LEVELS)
-        energy_knots[cls] = np.quantile(r["log_energy"][r["em"] == bool(cls)], RANK_LEVELS)
         for d in rows.values():
-            d["f_bin"] = _rank_bin(np.interp(d["log_fraction"], fraction_knots[cls], RANK_LEVELS), FRACTION_BINS)
-            d["e_bin"] = _rank_bin(np.interp(d["log_energy"], energy_knots[cls], RANK_LEVELS), energy_bins)
+            rank = np.interp(d["log_fraction"], fraction_knots[cls], RANK_LEVELS)
+            d["f_bin"] = np.minimum((rank * FRACTION_BINS).astype(int), FRACTION_BINS - 1)
         for s, split in enumerate(splits):
             bins = {name: _nearest_bin(d["impact"][:, split.axis], centres[0], POSITION_STEP_CM, n_pos)
                     for name, d in rows.items()}
-            for e, p, f in np.ndindex(energy_bins, n_pos, FRACTION_BINS):
-                values = {}
-                for name, d in rows.items():
-                    pick = (d["groups"][s] & (d["em"] == bool(cls)) & (d["e_bin"] == e) & (bins[name] == p)
-                            & (d["f_bin"] == f))
-                    values[name] = logit(d["shares"][s][pick])
-                if min(len(v) for v in values.values()) >= MIN_SAMPLES:
-                    generated[cls, s, e, p, f] = np.quantile(values["generated"], LEVELS)
-                    real[cls, s, e, p, f] = np.quantile(values["real"], LEVELS)
-    knots = {"generated_knots": generated.reshape(-1, len(LEVELS)), "real_knots": real.reshape(-1, len(LEVELS)),
-             "log_fraction_knots": fraction_knots}
-    if energy_bins > 1:
-        knots["log_energy_knots"] = energy_knots
-    return knots
+            for p in range(n_pos):
+                for f in range(FRACTION_BINS):
+                    values = {}
+                    for name, d in rows.items():
+                        pick = d["groups"][s] & (d["em"] == bool(cls)) & (bins[name] == p) & (d["f_bin"] == f)
+                        values[name] = logit(d["shares"][s][pick])
+                    if min(len(v) for v in values.values()) >= MIN_SAMPLES:
+                        generated[cls, s, p, f] = np.quantile(values["generated"], LEVELS)
+                        real[cls, s, p, f] = np.quantile(values["real"], LEVELS)
+    return {"generated_knots": generated.reshape(-1, len(LEVELS)), "real_knots": real.reshape(-1, len(LEVELS)),
+            "log_fraction_knots": fraction_knots}
